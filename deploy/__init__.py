@@ -1,0 +1,1 @@
+"""Bringing servers up and down: the variant registry, the launcher, the emulator, rendered deployments."""

@@ -1,0 +1,1 @@
+"""Running experiments: the plan, the sweep, the metrics scraper and exporter, the results, the CLI."""

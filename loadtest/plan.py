@@ -1,0 +1,385 @@
+"""The experiment plan: one YAML file validated into typed objects before anything starts.
+
+A wrong plan must fail before a single server is launched, naming the file, the key path, the
+line and what was expected, because a load test that dies an hour in on a typo wastes GPU hours.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+
+
+class PlanError(ValueError):
+    """A plan that cannot be run; the message names the file, the key path and the reason."""
+
+    def __init__(self, source: str, problems: list[tuple[str, Optional[int], str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"invalid plan {source}:"]
+        for path, line, why in problems:
+            where = f"{path}" + (f" (line {line})" if line else "")
+            lines.append(f"  - {where}: {why}")
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+
+# --- traffic ---------------------------------------------------------------------------------
+
+class LengthSpec(_Strict):
+    """A token-length distribution; `dataset` takes lengths from the scenario's dataset."""
+
+    dist: Literal["fixed", "uniform", "normal", "lognormal", "dataset"] = "fixed"
+    value: Optional[int] = Field(default=None, ge=1, description="fixed length")
+    min: Optional[int] = Field(default=None, ge=1)
+    max: Optional[int] = Field(default=None, ge=1)
+    mean: Optional[float] = Field(default=None, gt=0)
+    std: Optional[float] = Field(default=None, ge=0)
+    sigma: Optional[float] = Field(default=None, gt=0, description="log-normal shape")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "LengthSpec":
+        need = {
+            "fixed": ["value"],
+            "uniform": ["min", "max"],
+            "normal": ["mean", "std"],
+            "lognormal": ["mean", "sigma"],
+            "dataset": [],
+        }[self.dist]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"dist '{self.dist}' needs {', '.join(missing)}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+    @classmethod
+    def fixed(cls, n: int) -> "LengthSpec":
+        return cls(dist="fixed", value=n)
+
+
+def _coerce_length(v: Any) -> Any:
+    return {"dist": "fixed", "value": v} if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class SharedPrefixSpec(_Strict):
+    """N system prompts x M questions, to exercise prefix caching."""
+
+    prefixes: int = Field(default=4, ge=1)
+    prefix_tokens: int = Field(default=256, ge=1)
+
+
+class ScenarioSpec(_Strict):
+    """What the traffic looks like; `builtin` names one of `ridgeline scenarios list`."""
+
+    builtin: Optional[str] = None
+    api: Literal["completions", "chat"] = "completions"
+    prompt_tokens: LengthSpec = Field(default_factory=lambda: LengthSpec.fixed(512))
+    output_tokens: LengthSpec = Field(default_factory=lambda: LengthSpec.fixed(256))
+    ignore_eos: bool = True
+    dataset: Optional[str] = Field(default=None, description="ShareGPT JSON/JSONL or prompts JSONL")
+    dataset_format: Literal["auto", "sharegpt", "prompts"] = "auto"
+    tokenizer: Optional[str] = Field(default=None, description="Hugging Face tokenizer directory")
+    shared_prefix: Optional[SharedPrefixSpec] = None
+    turns: int = Field(default=1, ge=1, description="multi-turn chat sessions resend the history")
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int = 0
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    _len = field_validator("prompt_tokens", "output_tokens", mode="before")(_coerce_length)
+
+
+# --- sweep -----------------------------------------------------------------------------------
+
+class SweepSpec(_Strict):
+    """Which load levels to run and how long each step lasts."""
+
+    mode: Literal["concurrency", "rate"] = "concurrency"
+    concurrency: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256])
+    rates: list[float] = Field(default_factory=list, description="requests/s per step (mode: rate)")
+    arrival: Literal["constant", "poisson", "gamma"] = "poisson"
+    burstiness: float = Field(default=1.0, gt=0, description="gamma shape; <1 is burstier")
+    max_concurrency: Optional[int] = Field(default=None, ge=1, description="cap for open loop")
+    warmup_s: float = Field(default=2.0, ge=0)
+    duration_s: Optional[float] = Field(default=10.0, gt=0, description="measured window length")
+    requests: Optional[int] = Field(default=None, ge=1, description="measured window by count")
+    drain_s: float = Field(default=60.0, ge=0, description="time to let in-flight requests finish")
+    ramp_s: float = Field(default=0.0, ge=0, description="spread user starts over this time")
+    repeats: int = Field(default=1, ge=1)
+
+    @field_validator("concurrency")
+    @classmethod
+    def _conc(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError("every concurrency must be at least 1")
+        if len(set(v)) != len(v):
+            raise ValueError("concurrency steps repeat")
+        return v
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        if any(r <= 0 for r in v):
+            raise ValueError("every rate must be above 0 requests/s")
+        return v
+
+    @model_validator(mode="after")
+    def _steps(self) -> "SweepSpec":
+        if self.mode == "concurrency" and not self.concurrency:
+            raise ValueError("concurrency sweep has no steps")
+        if self.mode == "rate" and not self.rates:
+            raise ValueError("rate sweep needs 'rates'")
+        if self.duration_s is None and self.requests is None:
+            raise ValueError("give duration_s or requests for the measured window")
+        return self
+
+    def levels(self) -> list[float]:
+        return [float(c) for c in self.concurrency] if self.mode == "concurrency" else list(self.rates)
+
+
+class SLOSpec(_Strict):
+    """Per-request service levels; goodput counts requests meeting all of them."""
+
+    ttft_s: Optional[float] = Field(default=2.0, gt=0)
+    itl_s: Optional[float] = Field(default=0.1, gt=0, description="per-request p99 inter-token gap")
+    tpot_s: Optional[float] = Field(default=None, gt=0)
+    e2e_s: Optional[float] = Field(default=None, gt=0)
+
+
+class TimeoutSpec(_Strict):
+    connect_s: float = Field(default=10.0, gt=0)
+    first_token_s: float = Field(default=300.0, gt=0)
+    total_s: float = Field(default=900.0, gt=0)
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+class VariantSpec(_Strict):
+    """One deployment variant. `preset` picks flags from the registry (fp16, bf16, awq, gptq, fp8kv...)."""
+
+    name: str
+    preset: Optional[str] = None
+    model: Optional[str] = Field(default=None, description="checkpoint (path or hub id) for vllm")
+    quantization: Optional[str] = None
+    kv_cache_dtype: Optional[str] = None
+    dtype: Optional[str] = None
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus: Optional[list[int]] = None
+    url: Optional[str] = Field(default=None, description="external backend: this variant's base URL")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("names use letters, digits and _ . + - (at most 64), starting with a letter or digit")
+        return v
+
+
+class ServerSpec(_Strict):
+    """How real vLLM servers are started (backend: vllm)."""
+
+    program: list[str] = Field(default_factory=lambda: ["python", "-m", "vllm.entrypoints.openai.api_server"])
+    host: str = "127.0.0.1"
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    placement: Literal["sequential", "parallel"] = "sequential"
+    startup_timeout_s: float = Field(default=900.0, gt=0)
+    on_failure: Literal["skip", "restart"] = "skip"
+    load_format: Optional[str] = None
+
+
+class ScrapeSpec(_Strict):
+    interval_s: float = Field(default=1.0, gt=0)
+    prometheus_url: Optional[str] = Field(default=None, description="read series from this Prometheus instead")
+
+
+class Plan(_Strict):
+    """A whole experiment."""
+
+    name: str = "run"
+    backend: Literal["emulator", "vllm", "external"] = "emulator"
+    model: str = Field(default="llama-3-8b", description="catalogue name or a directory with config.json")
+    served_model_name: Optional[str] = None
+    gpu: str = Field(default="h100-sxm", description="GPU catalogue name (roofline and emulator)")
+    gpu_overrides: dict[str, float] = Field(default_factory=dict)
+    variants: list[VariantSpec]
+    baseline: Optional[str] = None
+    scenario: ScenarioSpec = Field(default_factory=ScenarioSpec)
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+    slo: SLOSpec = Field(default_factory=SLOSpec)
+    thresholds: list[float] = Field(default_factory=lambda: [1.5, 1.2, 1.0])
+    timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    scrape: ScrapeSpec = Field(default_factory=ScrapeSpec)
+    api_key_env: Optional[str] = Field(default=None, description="environment variable holding the API key")
+    api_key_file: Optional[str] = None
+    output_dir: str = "results"
+    workers: int = Field(default=0, ge=0, description="Locust worker processes (0: in-process)")
+    emulator: dict[str, Any] = Field(default_factory=dict, description="emulator overrides")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("run names use letters, digits and _ . + - and cannot hold a path")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[VariantSpec]) -> list[VariantSpec]:
+        if not v:
+            raise ValueError("at least one variant is needed")
+        names = [x.name for x in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variant names repeat: {', '.join(dup)}")
+        return v
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thr(cls, v: list[float]) -> list[float]:
+        if any(t <= 0 for t in v):
+            raise ValueError("thresholds are speedups above 0")
+        return sorted(v, reverse=True)
+
+    @model_validator(mode="after")
+    def _baseline(self) -> "Plan":
+        names = [x.name for x in self.variants]
+        if self.baseline is None:
+            self.__dict__["baseline"] = names[0]
+        elif self.baseline not in names:
+            raise ValueError(f"baseline '{self.baseline}' is not one of the variants ({', '.join(names)})")
+        if self.backend == "external":
+            missing = [x.name for x in self.variants if not x.url]
+            if missing:
+                raise ValueError(f"backend external needs a url for every variant (missing: {', '.join(missing)})")
+        return self
+
+    def variant(self, name: str) -> VariantSpec:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+# --- loading with errors that point at the file ----------------------------------------------
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path of a YAML document to its 1-based line, for error messages."""
+    index: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = path + (str(k.value),)
+                index[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                p = path + (str(i),)
+                index[p] = v.start_mark.line + 1
+                walk(v, p)
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _problems(err: ValidationError, lines: dict[tuple[str, ...], int]) -> list[tuple[str, Optional[int], str]]:
+    out = []
+    for e in err.errors():
+        loc = tuple(str(x) for x in e["loc"] if not str(x).startswith("function-"))
+        # pydantic adds union/literal tags to loc; keep only real keys
+        loc = tuple(x for x in loc if not x.startswith(("literal[", "int", "float", "str", "list[", "dict[")))
+        line = None
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key '{loc[-1] if loc else ''}'" + _suggest(loc, e)
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.append((".".join(loc) or "(top)", line, msg))
+    return out
+
+
+def _suggest(loc: tuple[str, ...], e: dict) -> str:
+    import difflib
+
+    model: Any = Plan
+    for part in loc[:-1]:
+        if part.isdigit():
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        for cand in _models_in(ann):
+            model = cand
+            break
+        else:
+            return ""
+    known = list(getattr(model, "model_fields", {}).keys())
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (expected one of: {', '.join(known)})"
+
+
+def _models_in(ann: Any) -> list[type]:
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    out: list[type] = []
+    for a in typing.get_args(ann):
+        out.extend(_models_in(a))
+    return out
+
+
+def parse_plan(text: str, source: str = "<plan>") -> Plan:
+    """Validate a plan from YAML text; raise PlanError naming source, key path and line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise PlanError(source, [("(yaml)", line, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    if data is None:
+        raise PlanError(source, [("(top)", None, "the plan is empty")])
+    if not isinstance(data, dict):
+        raise PlanError(source, [("(top)", 1, f"expected a mapping of keys, got {type(data).__name__}")])
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as err:
+        raise PlanError(source, _problems(err, _line_index(text))) from None
+
+
+def load_plan(path: Union[str, Path]) -> Plan:
+    """Read and validate a plan file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError(str(p), [("(file)", None, "no such file")]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise PlanError(str(p), [("(file)", None, f"cannot be read: {exc}")]) from None
+    return parse_plan(text, str(p))

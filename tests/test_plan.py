@@ -1,0 +1,59 @@
+import pytest
+
+from loadtest.plan import PlanError, load_plan, parse_plan
+
+GOOD = """
+name: t1
+variants:
+  - name: fp16
+  - name: awq
+sweep:
+  concurrency: [1, 4]
+  duration_s: 2
+"""
+
+
+def test_good_plan_has_defaults():
+    plan = parse_plan(GOOD, "good.yaml")
+    assert plan.baseline == "fp16"
+    assert plan.sweep.levels() == [1.0, 4.0]
+    assert plan.scenario.prompt_tokens.value == 512
+    assert plan.thresholds == [1.5, 1.2, 1.0]
+
+
+def test_typo_three_levels_deep_names_file_path_and_line():
+    text = GOOD + "scenario:\n  prompt_tokens:\n    dist: fixed\n    vaule: 3\n"
+    with pytest.raises(PlanError) as ei:
+        parse_plan(text, "p.yaml")
+    msg = str(ei.value)
+    assert "p.yaml" in msg
+    assert "scenario.prompt_tokens.vaule" in msg
+    assert "line 12" in msg
+    assert "did you mean 'value'" in msg
+
+
+@pytest.mark.parametrize(
+    "snippet, path, why",
+    [
+        ("sweep:\n  concurrency: []\n", "sweep", "no steps"),
+        ("sweep:\n  concurrency: [1, -2]\n", "sweep.concurrency", "at least 1"),
+        ("sweep:\n  concurrency: [1, x]\n", "sweep.concurrency.1", "integer"),
+        ("baseline: nope\n", "(top)", "not one of the variants"),
+        ("name: ../../etc\n", "name", "cannot hold a path"),
+    ],
+)
+def test_wrong_plans_fail_with_key_path(snippet, path, why):
+    base = "variants:\n  - name: fp16\n"
+    with pytest.raises(PlanError) as ei:
+        parse_plan(base + snippet, "x.yaml")
+    msg = str(ei.value)
+    assert path in msg and why in msg
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    with pytest.raises(PlanError, match="not valid YAML"):
+        parse_plan("variants: [\n", "bad.yaml")
+    with pytest.raises(PlanError, match="no such file"):
+        load_plan(tmp_path / "none.yaml")
+    with pytest.raises(PlanError, match="empty"):
+        parse_plan("", "e.yaml")
