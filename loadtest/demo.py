@@ -1,0 +1,48 @@
+"""The demo's plan: four variants of Llama-3-8B on an emulated H100, concurrency 1 to 256.
+
+It is a plan like any other (`ridgeline demo --print-plan > plan.yaml` is a starting point for
+one's own); only the short step windows are chosen so the whole sweep fits in about two minutes.
+"""
+
+from __future__ import annotations
+
+from loadtest.plan import Plan, parse_plan
+
+DEMO_PLAN = """\
+# ridgeline demo: which deployment variant of Llama-3-8B pays on an H100, and until which concurrency?
+# Run it with `ridgeline run plan.yaml`. Change backend to vllm (and give each variant a checkpoint
+# under `model:`) to measure real servers instead of the built-in emulator.
+name: demo
+backend: emulator          # emulator | vllm | external
+model: llama-3-8b          # catalogue name, or a directory holding config.json
+gpu: h100-sxm              # h100-sxm | h200 | a100-80gb | l40s | l4 | rtx-4090
+baseline: fp16
+variants:
+  - name: fp16             # preset fp16: 16-bit weights and KV cache
+  - name: awq              # AWQ INT4 weights (awq_marlin)
+  - name: gptq             # GPTQ INT4 weights (gptq_marlin)
+  - name: fp8kv            # 16-bit weights (bfloat16) with an FP8 KV cache
+scenario:
+  api: completions
+  prompt_tokens: 512
+  output_tokens: 256
+  ignore_eos: true         # every request generates exactly output_tokens, so runs compare
+sweep:
+  mode: concurrency
+  concurrency: [1, 2, 4, 8, 16, 32, 64, 128, 256]
+  warmup_s: 1.0            # excluded from the figures
+  duration_s: 2.0          # measured window per step (tokens that arrive inside it count)
+  ramp_s: 0.5              # spread the users' first requests over this time
+  drain_s: 0.0             # requests still running at the window's end are cancelled and recorded
+slo:
+  ttft_s: 2.0
+  itl_s: 0.1
+thresholds: [1.5, 1.2, 1.0]
+scrape:
+  interval_s: 1.0
+output_dir: results
+"""
+
+
+def demo_plan() -> Plan:
+    return parse_plan(DEMO_PLAN, "<demo plan>")

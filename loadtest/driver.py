@@ -1,0 +1,156 @@
+"""Drivers put load on one server for one step: closed loop through Locust users, or open loop.
+
+A driver knows nothing about sweeps or results directories: it is told the level and the window,
+and hands back the records. The in-process driver runs Locust's LocalRunner in this process; the
+distributed one (loadtest.distributed) runs a Locust master with workers behind the same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Protocol
+
+import gevent
+import gevent.pool
+import numpy as np
+from locust.env import Environment
+
+# Locust warns about fast spawn rates; a sweep starts a step's users at once on purpose
+logging.getLogger("locust.runners").setLevel(logging.ERROR)
+
+from loadtest.records import RequestRecord
+from scenarios.openai_stream import Timeouts, make_client
+from scenarios.users import StepControl, send_one, user_class, wall
+from scenarios.workload import Workload
+
+
+class Driver(Protocol):
+    """What the sweep needs from whatever generates the load."""
+
+    def start_step(self, variant: str, step: int, concurrency: Optional[int], rate: Optional[float],
+                   window_start: float, window_end: Optional[float], measure_requests: Optional[int],
+                   ramp_s: float) -> None: ...
+
+    def stop_accepting(self) -> None: ...
+
+    def accepting(self) -> bool: ...
+
+    def in_flight(self) -> int: ...
+
+    def sent(self) -> int: ...
+
+    def finish_step(self) -> list[RequestRecord]: ...
+
+    def close(self) -> None: ...
+
+
+def arrival_times(n: int, rate: float, process: str, burstiness: float, rng: np.random.Generator) -> np.ndarray:
+    """Offsets (s) of n arrivals at `rate` per second: constant, Poisson, or gamma (bursty when shape < 1)."""
+    if process == "constant":
+        gaps = np.full(n, 1.0 / rate)
+    elif process == "poisson":
+        gaps = rng.exponential(1.0 / rate, size=n)
+    elif process == "gamma":
+        gaps = rng.gamma(burstiness, 1.0 / (rate * burstiness), size=n)
+    else:
+        raise ValueError(f"unknown arrival process {process!r}")
+    return np.cumsum(gaps) - gaps[0]
+
+
+class LocalDriver:
+    """Locust in this process: a LocalRunner with N closed-loop users, or an open-loop dispatcher."""
+
+    def __init__(self, url: str, workload: Workload, timeouts: Timeouts,
+                 headers: Optional[dict[str, str]] = None, arrival: str = "poisson",
+                 burstiness: float = 1.0, max_concurrency: Optional[int] = None, seed: int = 0):
+        self.url = url
+        self.workload = workload
+        self.timeouts = timeouts
+        self.headers = headers
+        self.control = StepControl()
+        self.user_cls = user_class("StreamingUser_" + str(id(self)), url, workload, timeouts,
+                                   control=self.control, headers=headers)
+        self.env = Environment(user_classes=[self.user_cls])
+        self.runner = self.env.create_local_runner()
+        self.arrival = arrival
+        self.burstiness = burstiness
+        self.max_concurrency = max_concurrency
+        self.rng = np.random.default_rng(seed)
+        self._dispatcher: Optional[gevent.Greenlet] = None
+        self._pool: Optional[gevent.pool.Pool] = None
+        self._client = None
+
+    # closed loop through Locust, open loop through a dispatcher greenlet
+    def start_step(self, variant, step, concurrency, rate, window_start, window_end, measure_requests, ramp_s):
+        ctl = self.control
+        ctl.begin(variant, step, concurrency, rate)
+        ctl.window_start, ctl.window_end = window_start, window_end
+        ctl.measure_requests = measure_requests
+        if concurrency is not None:
+            spawn_rate = concurrency / ramp_s if ramp_s > 0 else max(concurrency * 1000.0, 1000.0)
+            self.runner.start(concurrency, spawn_rate=spawn_rate)
+        else:
+            self._start_open_loop(rate)
+
+    def _start_open_loop(self, rate: float) -> None:
+        cap = self.max_concurrency or 100000
+        self._pool = gevent.pool.Pool(cap)
+        self._client = make_client(self.url, self.timeouts, concurrency=min(cap, 1024))
+        t0 = time.perf_counter()
+        ctl = self.control
+
+        def dispatch() -> None:
+            batch = 4096
+            base = 0.0
+            while True:
+                offs = arrival_times(batch, rate, self.arrival, self.burstiness, self.rng) + base
+                base = offs[-1] + (offs[-1] - offs[-2] if batch > 1 else 1.0 / rate)
+                for off in offs:
+                    delay = t0 + off - time.perf_counter()
+                    if delay > 0:
+                        gevent.sleep(delay)
+                    if not ctl.accepting:
+                        return
+                    scheduled = wall(t0 + off)
+                    req = self.workload.next_request()
+                    # the pool's wait for a free slot counts as lateness, never as a skipped send
+                    self._pool.spawn(send_one, self._client, req, self.timeouts, ctl, self.headers, scheduled,
+                                     self.env.events)
+
+        self._dispatcher = gevent.spawn(dispatch)
+
+    def stop_accepting(self) -> None:
+        self.control.accepting = False
+
+    def accepting(self) -> bool:
+        return self.control.accepting
+
+    def in_flight(self) -> int:
+        return self.control.in_flight
+
+    def sent(self) -> int:
+        return self.control.sent
+
+    def finish_step(self) -> list[RequestRecord]:
+        """Stop every user; requests still in flight are recorded as cancelled."""
+        self.control.accepting = False
+        if self._dispatcher is not None:
+            self._dispatcher.kill(block=True)
+            self._dispatcher = None
+        if self._pool is not None:
+            self._pool.kill(block=True, timeout=10)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.runner.user_count:
+            self.runner.stop()
+        gevent.sleep(0)
+        return self.control.take()
+
+    def close(self) -> None:
+        try:
+            self.finish_step()
+        finally:
+            self.runner.quit()

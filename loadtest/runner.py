@@ -1,0 +1,376 @@
+"""The sweep: for each variant, bring its server up, run every load level, persist, bring it down.
+
+Every step is written to the results directory as soon as it ends (requests, scraped series,
+manifest), so an interrupted run loses at most the step in flight, and that step is marked
+incomplete rather than dropped. Servers are stopped on every exit path.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gevent
+import psutil
+
+from deploy import launcher
+from deploy.variants import resolve
+from loadtest.driver import Driver, LocalDriver
+from loadtest.manifest import new_manifest
+from loadtest.plan import Plan
+from loadtest.records import (
+    MEASURE, STEP_COMPLETE, STEP_FAILED, STEP_INCOMPLETE, RequestRecord, StepInfo,
+)
+from loadtest.results import RunDir, safe_child
+from loadtest.scraper import Scraper
+from scenarios.openai_stream import Timeouts
+from scenarios.workload import build_workload
+
+CLIENT_SATURATED_PCT = 90.0
+
+
+class RunInterrupted(Exception):
+    """The run was stopped by a signal; what was measured is on disk."""
+
+
+def api_key(plan: Plan) -> Optional[str]:
+    """The API key from the environment variable or file the plan names (never from the plan itself)."""
+    if plan.api_key_env:
+        val = os.environ.get(plan.api_key_env)
+        if not val:
+            raise ValueError(f"plan names api_key_env {plan.api_key_env!r} but that variable is not set")
+        return val
+    if plan.api_key_file:
+        try:
+            return Path(plan.api_key_file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"api_key_file {plan.api_key_file!r} cannot be read: {exc}") from None
+    return None
+
+
+def new_run_dir(plan: Plan, out: Optional[str] = None) -> RunDir:
+    """results/<name>-<UTC timestamp>, never outside the output directory."""
+    root = Path(out or plan.output_dir)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = safe_child(root, f"{plan.name}-{stamp}")
+    n = 1
+    while path.exists():
+        path = safe_child(root, f"{plan.name}-{stamp}-{n}")
+        n += 1
+    return RunDir(path).create()
+
+
+@dataclass
+class StepLevel:
+    index: int
+    concurrency: Optional[int]
+    rate: Optional[float]
+    repeat: int = 0
+
+
+def step_levels(plan: Plan) -> list[StepLevel]:
+    out = []
+    i = 0
+    for rep in range(plan.sweep.repeats):
+        for lvl in plan.sweep.levels():
+            if plan.sweep.mode == "concurrency":
+                out.append(StepLevel(i, int(lvl), None, rep))
+            else:
+                out.append(StepLevel(i, None, float(lvl), rep))
+            i += 1
+    return out
+
+
+@dataclass
+class Progress:
+    """What the live display shows; the runner updates it, a renderer reads it."""
+
+    variant: str = ""
+    variant_index: int = 0
+    variants: int = 0
+    step: int = 0
+    steps: int = 0
+    level: str = ""
+    phase: str = ""
+    started: float = field(default_factory=time.time)
+    sent: int = 0
+    done: int = 0
+    errors: int = 0
+    tokens: int = 0
+    in_flight: int = 0
+    message: str = ""
+    finished: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Sweep:
+    """One run of a plan against live servers."""
+
+    def __init__(self, plan: Plan, run_dir: RunDir, plan_source: Optional[str] = None,
+                 on_progress: Optional[Callable[[Progress], None]] = None,
+                 commands: Optional[list[launcher.ServerCommand]] = None):
+        self.plan = plan
+        self.run = run_dir
+        self.plan_source = plan_source
+        self.on_progress = on_progress or (lambda p: None)
+        self.progress = Progress(variants=len(plan.variants), steps=len(step_levels(plan)))
+        self.manifest = new_manifest(plan, plan_source, time.time())
+        self.levels = step_levels(plan)
+        self.key = api_key(plan)
+        self.headers = {"Authorization": f"Bearer {self.key}"} if self.key else None
+        self.timeouts = Timeouts(plan.timeouts.connect_s, plan.timeouts.first_token_s, plan.timeouts.total_s)
+        self._servers: dict[str, launcher.Server] = {}
+        self._commands = commands
+        self._proc = psutil.Process()
+        self._interrupted: Optional[str] = None
+
+    # ------------------------------------------------------------------ servers
+    def commands(self) -> list[launcher.ServerCommand]:
+        if self._commands is None:
+            from deploy.servers import server_commands
+
+            self._commands = server_commands(self.plan)
+        return self._commands
+
+    def _server_entry(self, cmd: launcher.ServerCommand) -> dict[str, Any]:
+        v = resolve(self.plan.variant(cmd.variant))
+        return {"argv": list(cmd.argv), "env": _mask_env(cmd.env), "url": cmd.url, "variant": v.to_dict(),
+                "log": f"logs/{cmd.variant}.log", "served": None}
+
+    def _start(self, cmd: launcher.ServerCommand) -> Optional[launcher.Server]:
+        if not cmd.argv:  # external: nothing to start
+            return None
+        server = launcher.start(cmd, self.run.log_path(cmd.variant))
+        self._servers[cmd.variant] = server
+        return server
+
+    def _stop(self, variant: str) -> None:
+        server = self._servers.pop(variant, None)
+        if server is not None:
+            launcher.stop(server)
+
+    def stop_all(self) -> None:
+        for v in list(self._servers):
+            self._stop(v)
+
+    def _describe_served(self, cmd: launcher.ServerCommand, server: Optional[launcher.Server]) -> dict[str, Any]:
+        """What really ran, from the server's own report; never fatal."""
+        try:
+            from deploy import verify
+
+            return verify.served_report(self.plan, cmd, server, self.run.path, self.manifest.get("servers", {}))
+        except Exception as exc:  # noqa: BLE001 - the run goes on; the report says what is unknown
+            return {"verdict": "unverified", "reasons": [f"could not verify: {type(exc).__name__}: {exc}"]}
+
+    # ------------------------------------------------------------------ persistence
+    def _save_manifest(self) -> None:
+        self.run.write_manifest(self.manifest)
+
+    def _step_entry(self, info: StepInfo) -> None:
+        steps = self.manifest["steps"]
+        for i, s in enumerate(steps):
+            if s["variant"] == info.variant and s["step"] == info.step:
+                steps[i] = info.to_dict()
+                break
+        else:
+            steps.append(info.to_dict())
+        self._save_manifest()
+
+    # ------------------------------------------------------------------ the sweep
+    def execute(self, skip: Optional[set[tuple[str, int]]] = None) -> RunDir:
+        """Run every variant and step not in `skip`; always stop servers and mark the end."""
+        skip = skip or set()
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
+        signal.signal(signal.SIGTERM, self._on_signal)
+        self.manifest["scenario"] = build_workload(self.plan.scenario, "x").describe()
+        self._save_manifest()
+        status = "complete"
+        try:
+            cmds = self.commands()
+            for cmd in cmds:
+                self.manifest["servers"].setdefault(cmd.variant, self._server_entry(cmd))
+            self._save_manifest()
+            for vi, cmd in enumerate(cmds):
+                todo = [lv for lv in self.levels if (cmd.variant, lv.index) not in skip]
+                if not todo:
+                    continue
+                self.progress.variant, self.progress.variant_index = cmd.variant, vi + 1
+                self._run_variant(cmd, todo)
+        except (KeyboardInterrupt, RunInterrupted) as exc:
+            status = "interrupted"
+            self.manifest["warnings"].append(f"run interrupted: {self._interrupted or type(exc).__name__}")
+            raise RunInterrupted(str(self.run.path)) from None
+        except BaseException as exc:
+            status = "failed"
+            self.manifest["warnings"].append(f"run failed: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.stop_all()
+            self.manifest["status"] = status
+            self.manifest["ended"] = time.time()
+            self._save_manifest()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return self.run
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ANN001
+        self._interrupted = signal.Signals(signum).name
+        raise RunInterrupted(self._interrupted)
+
+    def _run_variant(self, cmd: launcher.ServerCommand, levels: list[StepLevel]) -> None:
+        p = self.progress
+        p.phase, p.message = "starting server", f"starting {cmd.variant}"
+        self.on_progress(p)
+        entry = self.manifest["servers"][cmd.variant]
+        try:
+            server = self._start(cmd)
+        except launcher.LaunchError as exc:
+            entry["error"] = str(exc)
+            for lv in levels:
+                info = StepInfo(cmd.variant, lv.index, lv.concurrency, lv.rate, STEP_FAILED, time.time(),
+                                ended=time.time(), error=f"server did not start: {exc}", repeat=lv.repeat)
+                self._step_entry(info)
+            self.manifest["warnings"].append(f"variant {cmd.variant} skipped: its server did not start")
+            self._save_manifest()
+            return
+        try:
+            if server is not None:
+                entry["pid"] = server.pid
+                entry["ready_s"] = round(time.time() - server.started, 2)
+            entry["served"] = self._describe_served(cmd, server)
+            self._save_manifest()
+            workload = build_workload(self.plan.scenario, self.plan.served_model_name or cmd.variant)
+            driver = self._make_driver(cmd, workload)
+            try:
+                for lv in levels:
+                    ok = self._run_step(cmd, driver, lv)
+                    if not ok:
+                        if self.plan.server.on_failure == "restart" and server is not None:
+                            driver.close()
+                            self._stop(cmd.variant)
+                            server = self._start(cmd)
+                            driver = self._make_driver(cmd, workload)
+                            continue
+                        rest = [x for x in levels if x.index > lv.index]
+                        for x in rest:
+                            self._step_entry(StepInfo(cmd.variant, x.index, x.concurrency, x.rate, STEP_FAILED,
+                                                      time.time(), ended=time.time(), repeat=x.repeat,
+                                                      error="skipped: the server died in an earlier step"))
+                        break
+            finally:
+                driver.close()
+        finally:
+            self._stop(cmd.variant)
+
+    def _make_driver(self, cmd: launcher.ServerCommand, workload) -> Driver:  # noqa: ANN001
+        sw = self.plan.sweep
+        if self.plan.workers > 0:
+            from loadtest.distributed import DistributedDriver
+
+            return DistributedDriver(self.plan, cmd.url, self.timeouts, self.headers, self.plan.workers)
+        return LocalDriver(cmd.url, workload, self.timeouts, self.headers, arrival=sw.arrival,
+                           burstiness=sw.burstiness, max_concurrency=sw.max_concurrency, seed=self.plan.scenario.seed)
+
+    def _run_step(self, cmd: launcher.ServerCommand, driver: Driver, lv: StepLevel) -> bool:
+        """One load level; returns False when the server died during it."""
+        sw = self.plan.sweep
+        p = self.progress
+        server = self._servers.get(cmd.variant)
+        t_start = time.time()
+        info = StepInfo(cmd.variant, lv.index, lv.concurrency, lv.rate, STEP_INCOMPLETE, t_start, repeat=lv.repeat)
+        self._step_entry(info)
+        scraper = Scraper(cmd.url + "/metrics", cmd.variant, headers=self.headers)
+        scraper.new_step(lv.index)
+        window_start = t_start + sw.warmup_s
+        by_count = sw.requests is not None
+        window_end = None if by_count else window_start + sw.duration_s
+        p.step, p.level = lv.index + 1, (f"c={lv.concurrency}" if lv.concurrency else f"{lv.rate:g} req/s")
+        p.sent = p.done = p.errors = p.tokens = 0
+        died: Optional[str] = None
+        cpu_max = 0.0
+        self._proc.cpu_percent(None)
+        records: list[RequestRecord] = []
+        driver.start_step(cmd.variant, lv.index, lv.concurrency, lv.rate, window_start, window_end,
+                          sw.requests if by_count else None, sw.ramp_s)
+        interval = self.plan.scrape.interval_s
+        next_scrape = time.time()
+        next_cpu = time.time() + 1.0
+        drain_deadline: Optional[float] = None
+        try:
+            while True:
+                now = time.time()
+                if now >= next_scrape:
+                    scraper.scrape_once()
+                    next_scrape = now + interval
+                if now >= next_cpu:
+                    cpu_max = max(cpu_max, self._proc.cpu_percent(None))
+                    next_cpu = now + 1.0
+                if server is not None and not server.alive():
+                    died = (f"server of {cmd.variant} exited with status {server.process.returncode} "
+                            f"during step {lv.index}; last log lines:\n{server.log_tail(20)}")
+                    break
+                p.phase = "warm-up" if now < window_start else ("measure" if driver.accepting() else "drain")
+                p.sent, p.in_flight = driver.sent(), driver.in_flight()
+                self.on_progress(p)
+                if driver.accepting() and window_end is not None and now >= window_end:
+                    driver.stop_accepting()
+                if not driver.accepting():
+                    if drain_deadline is None:
+                        drain_deadline = now + sw.drain_s
+                    if driver.in_flight() == 0 or now >= drain_deadline:
+                        break
+                gevent.sleep(0.05)
+            scraper.scrape_once()
+        finally:
+            records = driver.finish_step()
+            end = time.time()
+            info.ended = end
+            info.sent, info.recorded = driver.sent(), len(records)
+            info.window_start = window_start
+            if by_count:
+                ends = [r.send_time + (r.e2e_s or 0.0) for r in records if r.phase == MEASURE]
+                info.window_end = max(ends) if ends else end
+            else:
+                info.window_end = min(window_end, end) if window_end else end
+            info.client_cpu_max = round(cpu_max, 1)
+            info.client_saturated = cpu_max >= CLIENT_SATURATED_PCT
+            if scraper.buffer.failures:
+                info.error = f"{scraper.buffer.failures} of {scraper.buffer.scrapes} scrapes failed ({scraper.buffer.last_error})"
+            self.run.write_requests(cmd.variant, lv.index, records)
+            self.run.write_metrics(cmd.variant, lv.index, scraper.buffer.table())
+            if died:
+                info.status, info.error = STEP_FAILED, died
+            elif self._interrupted is None:
+                info.status = STEP_COMPLETE
+            self._step_entry(info)
+            p.finished.append(_step_brief(info, records))
+            self.on_progress(p)
+        return died is None
+
+
+def _step_brief(info: StepInfo, records: list[RequestRecord]) -> dict[str, Any]:
+    w0, w1 = info.window_start or 0.0, info.window_end or 0.0
+    toks = 0
+    for r in records:
+        if r.ttft_s is None:
+            continue
+        t = r.send_time + r.ttft_s
+        if w0 <= t <= w1:
+            toks += 1
+        for g in r.itl_s:
+            t += g
+            if w0 <= t <= w1:
+                toks += 1
+    span = max(w1 - w0, 1e-9)
+    errors = sum(1 for r in records if r.status == "error")
+    return {"variant": info.variant, "step": info.step, "concurrency": info.concurrency, "rate": info.rate,
+            "tok_s": toks / span, "requests": len(records), "errors": errors, "status": info.status}
+
+
+def _mask_env(env: dict[str, str]) -> dict[str, str]:
+    secret = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+    return {k: ("***" if any(s in k.upper() for s in secret) else v) for k, v in env.items()}

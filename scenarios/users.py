@@ -1,0 +1,174 @@
+"""Locust users that send a workload to an OpenAI-compatible server and keep a record per request.
+
+`StreamingUser` is closed loop: each user sends its next request when its last one ends, which is
+what `--max-concurrency` means in `vllm bench serve`. The step it runs in (variant, load level,
+measured window, whether new requests are accepted) lives in a `StepControl` shared by all users
+of the process, so the sweep can move the window without touching the users.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import gevent
+from locust import User, constant, task
+
+from loadtest.records import CANCELLED, DRAIN, ERROR, MEASURE, OK, WARMUP, RequestRecord
+from scenarios.openai_stream import E_CANCELLED, StreamResult, Timeouts, make_client, stream_request
+from scenarios.workload import RequestSpec, Workload
+
+# one wall-clock anchor per process: send times are wall-clock, durations are monotonic
+_WALL0 = time.time()
+_PERF0 = time.perf_counter()
+
+
+def wall(perf: float) -> float:
+    """Epoch seconds of a perf_counter reading, so records align with the scraped series."""
+    return _WALL0 + (perf - _PERF0)
+
+
+@dataclass
+class StepControl:
+    """The step every user of this process is in; the sweep moves it, users read it."""
+
+    variant: str = ""
+    step: int = -1
+    concurrency: Optional[int] = None
+    rate: Optional[float] = None
+    accepting: bool = False
+    window_start: Optional[float] = None  # epoch seconds
+    window_end: Optional[float] = None
+    measure_requests: Optional[int] = None  # window by count: stop accepting after this many
+    measured_sent: int = 0
+    sent: int = 0
+    in_flight: int = 0
+    records: list[RequestRecord] = field(default_factory=list)
+    worker: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
+    on_record: Optional[Callable[[RequestRecord], None]] = None
+    _ids: "itertools.count[int]" = field(default_factory=itertools.count)
+
+    def begin(self, variant: str, step: int, concurrency: Optional[int], rate: Optional[float]) -> None:
+        self.variant, self.step, self.concurrency, self.rate = variant, step, concurrency, rate
+        self.window_start = self.window_end = None
+        self.measure_requests = None
+        self.measured_sent = self.sent = 0
+        self.records = []
+        self.accepting = True
+
+    def phase_at(self, t: float) -> str:
+        if self.window_start is None or t < self.window_start:
+            return WARMUP
+        if self.window_end is not None and t >= self.window_end:
+            return DRAIN
+        return MEASURE
+
+    def take(self) -> list[RequestRecord]:
+        out, self.records = self.records, []
+        return out
+
+
+CONTROL = StepControl()
+
+
+def send_one(client, req: RequestSpec, timeouts: Timeouts, ctl: StepControl,
+             headers: Optional[dict[str, str]] = None, scheduled: Optional[float] = None,
+             events=None) -> RequestRecord:
+    """Send one request, time it, and leave exactly one record, whatever happens (even a kill)."""
+    rid = f"{ctl.worker}-{ctl.step}-{next(ctl._ids)}"
+    variant, step, conc, rate = ctl.variant, ctl.step, ctl.concurrency, ctl.rate
+    res = StreamResult()
+    t0 = time.perf_counter()
+    send_wall = wall(t0)
+    phase = ctl.phase_at(send_wall)
+    ctl.sent += 1
+    if phase == MEASURE:
+        ctl.measured_sent += 1
+        if ctl.measure_requests is not None and ctl.measured_sent >= ctl.measure_requests:
+            ctl.accepting = False
+    ctl.in_flight += 1
+    cancelled = False
+    try:
+        stream_request(client, req.path, req.body, timeouts, headers=headers, t_send=t0, result=res)
+    except gevent.GreenletExit:
+        cancelled = True
+        if res.error_kind is None:
+            res.error_kind, res.error = E_CANCELLED, f"cancelled after {res.token_events} token events"
+        if res.e2e_s is None:
+            res.e2e_s = time.perf_counter() - t0
+        raise
+    finally:
+        ctl.in_flight -= 1
+        status = OK if res.ok else (CANCELLED if cancelled or res.error_kind == E_CANCELLED else ERROR)
+        rec = RequestRecord(
+            variant=variant, step=step, concurrency=conc, rate=rate, request_id=rid, phase=phase,
+            send_time=send_wall, scheduled_time=scheduled, ttft_s=res.ttft_s, itl_s=res.itl_s,
+            e2e_s=res.e2e_s, prompt_tokens=res.prompt_tokens if res.prompt_tokens is not None else req.prompt_tokens,
+            output_tokens=res.output_tokens, token_events=res.token_events, status=status,
+            error_kind=res.error_kind, error=res.error, http_status=res.http_status, worker=ctl.worker,
+        )
+        if ctl.step == step:
+            ctl.records.append(rec)
+            if ctl.on_record is not None:
+                ctl.on_record(rec)
+        if events is not None:
+            _fire_locust(events, rec, variant, conc, rate)
+    return rec
+
+
+def _fire_locust(events, rec: RequestRecord, variant: str, conc: Optional[int], rate: Optional[float]) -> None:
+    """Show the request in Locust's own statistics and web UI: end to end and time to first token."""
+    level = f"c={conc}" if conc is not None else f"rate={rate:g}"
+    exc = None if rec.status == OK else RuntimeError(f"{rec.error_kind}: {rec.error}")
+    events.request.fire(
+        request_type="POST", name=f"{variant} {level} e2e", response_time=(rec.e2e_s or 0.0) * 1000,
+        response_length=rec.output_tokens or 0, exception=exc, context={},
+    )
+    if rec.ttft_s is not None:
+        events.request.fire(
+            request_type="TTFT", name=f"{variant} {level}", response_time=rec.ttft_s * 1000,
+            response_length=0, exception=None, context={},
+        )
+
+
+class StreamingUser(User):
+    """Closed-loop user: the next request goes out as soon as the last one has ended."""
+
+    abstract = True
+    wait_time = constant(0)
+    workload: Workload
+    timeouts: Timeouts = Timeouts()
+    control: StepControl = CONTROL
+    api_headers: Optional[dict[str, str]] = None
+    fire_locust_events: bool = True
+
+    def on_start(self) -> None:
+        self.http = make_client(self.host, self.timeouts)
+
+    def on_stop(self) -> None:
+        try:
+            self.http.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    @task
+    def send(self) -> None:
+        ctl = self.control
+        if not ctl.accepting:
+            gevent.sleep(0.02)
+            return
+        req = self.workload.next_request()
+        send_one(self.http, req, self.timeouts, ctl, headers=self.api_headers,
+                 events=self.environment.events if self.fire_locust_events else None)
+
+
+def user_class(name: str, host: str, workload: Workload, timeouts: Timeouts,
+               control: StepControl = CONTROL, headers: Optional[dict[str, str]] = None) -> type[StreamingUser]:
+    """A concrete user class bound to one server and workload."""
+    return type(name, (StreamingUser,), {
+        "abstract": False, "host": host, "workload": workload, "timeouts": timeouts,
+        "control": control, "api_headers": headers,
+    })
