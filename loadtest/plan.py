@@ -204,6 +204,90 @@ class ScrapeSpec(_Strict):
     prometheus_url: Optional[str] = Field(default=None, description="read series from this Prometheus instead")
 
 
+class TelemetrySpec(_Strict):
+    """Where GPU power, clocks and throttling come from during each step (loadtest.telemetry)."""
+
+    source: Literal["auto", "nvml", "dcgm", "none"] = Field(
+        default="auto", description="auto: the emulator's model, else the DCGM exporter if dcgm_url, else NVML")
+    dcgm_url: Optional[str] = Field(default=None, description="a DCGM exporter's /metrics URL")
+    interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("dcgm_url")
+    @classmethod
+    def _url(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        u = v.strip()
+        if "://" not in u:
+            u = "http://" + u
+        if not re.match(r"^https?://[^\s/]+", u):
+            raise ValueError(f"dcgm_url {v!r} is not an http(s) URL")
+        return u + "/metrics" if u.count("/") == 2 else u
+
+    @model_validator(mode="after")
+    def _need_url(self) -> "TelemetrySpec":
+        if self.source == "dcgm" and not self.dcgm_url:
+            raise ValueError("source dcgm needs dcgm_url (the exporter's /metrics, usually port 9400)")
+        return self
+
+
+K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _k8s_name(v: Optional[str]) -> Optional[str]:
+    if v is not None and not K8S_NAME_RE.match(v):
+        raise ValueError(f"{v!r} is not a Kubernetes name (lower-case letters, digits and -, at most 63)")
+    return v
+
+
+class ModelCacheSpec(_Strict):
+    """Where vLLM pods keep downloaded checkpoints, so a restart does not download them again."""
+
+    kind: Literal["pvc", "hostPath", "emptyDir"] = "pvc"
+    claim_name: str = "ridgeline-model-cache"
+    create: bool = Field(default=True, description="render the PersistentVolumeClaim (false: it exists)")
+    size: str = "200Gi"
+    storage_class: Optional[str] = None
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"] = "ReadWriteMany"
+    host_path: Optional[str] = None
+    mount_path: str = "/root/.cache/huggingface"
+
+    _names = field_validator("claim_name")(_k8s_name)
+
+    @model_validator(mode="after")
+    def _host(self) -> "ModelCacheSpec":
+        if self.kind == "hostPath" and not (self.host_path and self.host_path.startswith("/")):
+            raise ValueError("kind hostPath needs host_path, an absolute path on the node")
+        return self
+
+
+class KubernetesSpec(_Strict):
+    """What `ridgeline render kubernetes` writes besides the engine arguments (those come from the plan)."""
+
+    namespace: str = "ridgeline"
+    vllm_image: Optional[str] = Field(default=None, description="default vllm/vllm-openai:v<vllm_version>")
+    vllm_version: str = "0.11.0"
+    ridgeline_image: str = Field(default="ridgeline:0.1.0", description="image with ridgeline and its scenarios")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    locust_workers: int = Field(default=2, ge=0, description="Locust worker replicas")
+    port: int = Field(default=8000, ge=1, le=65535)
+    gpu_resource: str = "nvidia.com/gpu"
+    model_cache: ModelCacheSpec = Field(default_factory=ModelCacheSpec)
+    results_claim: str = "ridgeline-results"
+    results_size: str = "10Gi"
+    storage_class: Optional[str] = Field(default=None, description="for the results claim")
+    api_key_secret: str = Field(default="ridgeline-api-key", description="Secret holding the API key")
+    api_key_secret_key: str = "api-key"
+    hf_token_secret: Optional[str] = Field(default=None, description="Secret with key 'token' for HF_TOKEN")
+    shm_size: str = Field(default="16Gi", description="/dev/shm for tensor-parallel workers")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    resources: dict[str, dict[str, str]] = Field(default_factory=dict, description="extra vLLM container requests/limits")
+    scrape_interval: str = "15s"
+
+    _names = field_validator("namespace", "results_claim", "api_key_secret", "hf_token_secret")(_k8s_name)
+
+
 class Plan(_Strict):
     """A whole experiment."""
 
@@ -227,6 +311,8 @@ class Plan(_Strict):
     output_dir: str = "results"
     workers: int = Field(default=0, ge=0, description="Locust worker processes (0: in-process)")
     emulator: dict[str, Any] = Field(default_factory=dict, description="emulator overrides")
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
 
     @field_validator("name")
     @classmethod
