@@ -9,6 +9,7 @@ fault shows up as a kind, not a traceback.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -52,6 +53,7 @@ class StreamResult:
     error_kind: Optional[str] = None
     error: Optional[str] = None
     done: bool = False  # saw data: [DONE]
+    text: Optional[list[str]] = None  # the generated text, kept only when asked (multi-turn chat)
 
     @property
     def output_tokens(self) -> Optional[int]:
@@ -66,6 +68,11 @@ class _TotalTimeout(Exception):
     pass
 
 
+# bytes asked of the socket per read: a chunk holds every event that has arrived, so one wake-up
+# of the client handles a burst instead of one event
+RECV_BLOCK = 64 * 1024
+
+
 def make_client(base_url: str, timeouts: Timeouts, concurrency: int = 1) -> HTTPClient:
     """A keep-alive HTTP client for one user (one connection is enough for a closed-loop user)."""
     u = urlsplit(base_url)
@@ -76,6 +83,7 @@ def make_client(base_url: str, timeouts: Timeouts, concurrency: int = 1) -> HTTP
         connection_timeout=timeouts.connect_s,
         network_timeout=timeouts.total_s,
         concurrency=concurrency,
+        block_size=RECV_BLOCK,
         headers={"Accept-Encoding": "identity"},
     )
 
@@ -93,24 +101,27 @@ def stream_request(
     headers: Optional[dict[str, str]] = None,
     t_send: Optional[float] = None,
     result: Optional[StreamResult] = None,
+    collect_text: bool = False,
 ) -> StreamResult:
     """POST body to path with stream=true and time every token event.
 
     t_send is the perf_counter at which the request was handed to the socket; callers take it
     just before calling so queueing inside this function counts against the server, not the clock.
     `result`, when given, is filled in place, so a caller whose greenlet is killed mid-stream
-    still holds what arrived before.
+    still holds what arrived before. `collect_text` keeps the generated text (res.text), which a
+    multi-turn conversation sends back as the assistant's turn.
     """
     res = result if result is not None else StreamResult()
+    if collect_text:
+        res.text = []
     hdrs = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if headers:
         hdrs.update(headers)
     payload = json.dumps(body).encode()
     t0 = time.perf_counter() if t_send is None else t_send
-    deadline_total = t0 + timeouts.total_s
-    timer = gevent.Timeout(timeouts.first_token_s, _FirstTokenTimeout)
-    timer.start()
-    last = t0
+    st = _Stream(res, t0, t0 + timeouts.total_s, collect_text)
+    st.timer = gevent.Timeout(timeouts.first_token_s, _FirstTokenTimeout)
+    st.timer.start()
     resp = None
     try:
         try:
@@ -128,57 +139,28 @@ def stream_request(
                 text = ""
             res.error_kind, res.error = E_HTTP, _short(f"HTTP {resp.status_code}: {text.strip()}")
             return res
-        while True:
-            line = resp.readline(b"\n")
-            now = time.perf_counter()
-            if not line:
-                if not res.done:
+        read_some = _reader(resp)
+        pending = b""
+        while not st.stop:
+            chunk = read_some()
+            now = time.perf_counter()  # every event in this chunk came off the socket now
+            if not chunk:
+                if pending.strip():
+                    st.line(pending, now)
+                if not st.stop:
                     res.error_kind = E_DISCONNECT
                     res.error = f"stream ended before [DONE] after {res.token_events} token events"
                 break
-            if not line.startswith(b"data:"):
-                if line.strip() and not line.startswith(b":"):
-                    res.error_kind, res.error = E_PROTOCOL, _short(f"unexpected SSE line: {line[:200]!r}")
-                    break
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                res.done = True
-                break
-            try:
-                ev = json.loads(data)
-            except ValueError:
-                res.error_kind, res.error = E_PROTOCOL, _short(f"event is not JSON: {data[:200]!r}")
-                break
-            if not isinstance(ev, dict):
-                res.error_kind, res.error = E_PROTOCOL, _short(f"event is not an object: {data[:200]!r}")
-                break
-            if "error" in ev and not ev.get("choices"):
-                err = ev["error"]
-                res.error_kind = E_SERVER
-                res.error = _short(err.get("message", err) if isinstance(err, dict) else err)
-                break
-            choices = ev.get("choices")
-            if choices and _is_token_event(choices[0]):
-                if res.token_events == 0:
-                    res.ttft_s = now - t0
-                    timer.cancel()
-                    timer = gevent.Timeout(max(deadline_total - now, 0.001), _TotalTimeout)
-                    timer.start()
-                else:
-                    res.itl_s.append(now - last)
-                last = now
-                res.token_events += 1
-                c0 = choices[0]
-                txt = c0.get("text")
-                if txt is None:
-                    txt = (c0.get("delta") or {}).get("content") or ""
-                res.text_chars += len(txt)
-            usage = ev.get("usage")
-            if isinstance(usage, dict):
-                res.prompt_tokens = usage.get("prompt_tokens", res.prompt_tokens)
-                res.completion_tokens = usage.get("completion_tokens", res.completion_tokens)
-        res.e2e_s = last - t0 if res.token_events else time.perf_counter() - t0
+            if pending:
+                chunk = pending + chunk
+            lines = chunk.split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if line:
+                    st.line(line, now)
+                    if st.stop:
+                        break
+        res.e2e_s = st.last - t0 if res.token_events else time.perf_counter() - t0
         if res.done and res.error_kind is None:
             res.e2e_s = time.perf_counter() - t0
             res.ok = True
@@ -203,7 +185,7 @@ def stream_request(
         res.e2e_s = time.perf_counter() - t0
         raise
     finally:
-        timer.cancel()
+        st.timer.cancel()
         if resp is not None and not res.ok:
             # a half-read stream cannot be reused: drop the connection
             try:
@@ -214,6 +196,139 @@ def stream_request(
                 resp.release()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _reader(resp):  # noqa: ANN001, ANN202
+    """A function returning the body bytes that have arrived (b"" at the end of the body).
+
+    geventhttpclient's readline copies and re-scans its buffer once per line; reading whatever the
+    socket holds and splitting it here costs one recv and one parse per burst of events.
+    """
+    buf = getattr(resp, "_body_buffer", None)
+    if buf is None or not hasattr(resp, "_sock") or not hasattr(resp, "feed"):  # another client version
+        return lambda: resp.readline(b"\n")
+
+    def read_some() -> bytes:
+        while True:
+            if buf:
+                data = bytes(buf)
+                del buf[:]
+                return data
+            if resp.message_complete:
+                return b""
+            sock = resp._sock  # noqa: SLF001
+            if sock is None:
+                raise HTTPConnectionClosed("connection closed.")
+            data = sock.recv(RECV_BLOCK)
+            resp.feed(data)
+            if not data and not buf:
+                return b""
+
+    return read_some
+
+
+# Byte patterns of the common token event (vLLM, OpenAI): JSON escapes quotes inside strings, so
+# none of these can be faked by generated text.
+_TEXT = b'"text":"'
+_CONTENT = b'"delta":{"content":"'
+_SLOW = re.compile(rb'"(?:error"|usage":\{|role"|tool_calls"|reasoning_content")')
+
+
+class _Stream:
+    """Parse state of one response: counts token events and keeps the clocks."""
+
+    __slots__ = ("res", "t0", "deadline", "collect", "timer", "last", "stop")
+
+    def __init__(self, res: StreamResult, t0: float, deadline: float, collect: bool):
+        self.res, self.t0, self.deadline, self.collect = res, t0, deadline, collect
+        self.timer: gevent.Timeout
+        self.last = t0
+        self.stop = False
+
+    def line(self, line: bytes, now: float) -> None:
+        res = self.res
+        if not line.startswith(b"data:"):
+            if line.strip() and not line.startswith(b":"):
+                res.error_kind, res.error = E_PROTOCOL, _short(f"unexpected SSE line: {line[:200]!r}")
+                self.stop = True
+            return
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            res.done = True
+            self.stop = True
+            return
+        if not self.collect and data[-1:] == b"}" and b'"choices":[{' in data:
+            n = _fast_text_len(data)
+            if n >= 0:
+                self.token(now)
+                res.text_chars += n
+                return
+        self.slow(data, now)
+
+    def token(self, now: float) -> None:
+        res = self.res
+        if res.token_events == 0:
+            res.ttft_s = now - self.t0
+            self.timer.cancel()
+            self.timer = gevent.Timeout(max(self.deadline - now, 0.001), _TotalTimeout)
+            self.timer.start()
+        else:
+            res.itl_s.append(now - self.last)
+        self.last = now
+        res.token_events += 1
+
+    def slow(self, data: bytes, now: float) -> None:
+        res = self.res
+        try:
+            ev = json.loads(data)
+        except ValueError:
+            res.error_kind, res.error = E_PROTOCOL, _short(f"event is not JSON: {data[:200]!r}")
+            self.stop = True
+            return
+        if not isinstance(ev, dict):
+            res.error_kind, res.error = E_PROTOCOL, _short(f"event is not an object: {data[:200]!r}")
+            self.stop = True
+            return
+        if "error" in ev and not ev.get("choices"):
+            err = ev["error"]
+            res.error_kind = E_SERVER
+            res.error = _short(err.get("message", err) if isinstance(err, dict) else err)
+            self.stop = True
+            return
+        choices = ev.get("choices")
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict) and _is_token_event(choices[0]):
+            self.token(now)
+            c0 = choices[0]
+            txt = c0.get("text")
+            if txt is None:
+                txt = (c0.get("delta") or {}).get("content") or ""
+            res.text_chars += len(txt)
+            if res.text is not None and txt:
+                res.text.append(txt)
+        usage = ev.get("usage")
+        if isinstance(usage, dict):
+            res.prompt_tokens = usage.get("prompt_tokens", res.prompt_tokens)
+            res.completion_tokens = usage.get("completion_tokens", res.completion_tokens)
+
+
+def _fast_text_len(data: bytes) -> int:
+    """Length of the text of a plain token event without parsing it, or -1 to parse it fully."""
+    if data[:1] != b"{":
+        return -1
+    i = data.find(_TEXT)
+    if i >= 0:
+        i += len(_TEXT)
+    else:
+        i = data.find(_CONTENT)
+        if i < 0:
+            return -1
+        i += len(_CONTENT)
+    j = data.find(b'"', i)
+    if j < 0 or b"\\" in data[i:j]:
+        return -1  # escapes: let the JSON parser count the characters
+    if _SLOW.search(data) is not None:
+        return -1
+    return j - i
 
 
 def _is_token_event(choice: dict[str, Any]) -> bool:
