@@ -200,8 +200,41 @@ class ServerSpec(_Strict):
 
 
 class ScrapeSpec(_Strict):
+    """Where server metrics come from, and whether the client serves its own (docs/metrics.md)."""
+
     interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0, description="a scrape (or Prometheus query) slower than this is a gap")
     prometheus_url: Optional[str] = Field(default=None, description="read series from this Prometheus instead")
+    prometheus_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="label matchers picking a variant's server in Prometheus; values may hold {variant} and "
+                    "{instance}; empty: instance=host:port of the variant's URL")
+    direct: bool = Field(default=True, description="also poll /metrics directly; with prometheus_url, the "
+                                                   "fallback when Prometheus has nothing for a step")
+    exporter_port: Optional[int] = Field(default=None, ge=0, le=65535,
+                                         description="serve the client's metrics on this port (0: any free one)")
+    exporter_host: str = Field(default="127.0.0.1", description="address the client's metrics are served on")
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _prom_url(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"prometheus_url {v!r} is not an http(s) URL")
+        return v
+
+    @field_validator("prometheus_labels")
+    @classmethod
+    def _prom_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", k)]
+        if bad:
+            raise ValueError(f"not Prometheus label names: {', '.join(bad)}")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> "ScrapeSpec":
+        if not self.direct and self.prometheus_url is None:
+            raise ValueError("direct: false needs a prometheus_url, or no server metrics would be kept")
+        return self
 
 
 class TelemetrySpec(_Strict):

@@ -27,6 +27,8 @@ from loadtest.records import (
     MEASURE, STEP_COMPLETE, STEP_FAILED, STEP_INCOMPLETE, RequestRecord, StepInfo,
 )
 from loadtest.results import RunDir, safe_child
+from loadtest.exporter import ClientExporter, exporter_for
+from loadtest.prom_reader import step_series
 from loadtest.scraper import Scraper
 from scenarios.openai_stream import Timeouts
 from scenarios.workload import build_workload
@@ -127,6 +129,7 @@ class Sweep:
         self._commands = commands
         self._proc = psutil.Process()
         self._interrupted: Optional[str] = None
+        self.exporter: Optional[ClientExporter] = None
 
     # ------------------------------------------------------------------ servers
     def commands(self) -> list[launcher.ServerCommand]:
@@ -194,6 +197,9 @@ class Sweep:
             for cmd in cmds:
                 self.manifest["servers"].setdefault(cmd.variant, self._server_entry(cmd))
             self._save_manifest()
+            self.exporter = exporter_for(self.plan.scrape.exporter_host, self.plan.scrape.exporter_port)
+            if self.exporter is not None:
+                self.manifest["exporter"] = self.exporter.url
             for vi, cmd in enumerate(cmds):
                 todo = [lv for lv in self.levels if (cmd.variant, lv.index) not in skip]
                 if not todo:
@@ -210,6 +216,8 @@ class Sweep:
             raise
         finally:
             self.stop_all()
+            if self.exporter is not None:
+                self.exporter.stop()
             self.manifest["status"] = status
             self.manifest["ended"] = time.time()
             self._save_manifest()
@@ -283,7 +291,8 @@ class Sweep:
         t_start = time.time()
         info = StepInfo(cmd.variant, lv.index, lv.concurrency, lv.rate, STEP_INCOMPLETE, t_start, repeat=lv.repeat)
         self._step_entry(info)
-        scraper = Scraper(cmd.url + "/metrics", cmd.variant, headers=self.headers)
+        scraper = Scraper(cmd.url + "/metrics", cmd.variant, headers=self.headers,
+                          timeout=self.plan.scrape.timeout_s, interval=self.plan.scrape.interval_s)
         scraper.new_step(lv.index)
         window_start = t_start + sw.warmup_s
         by_count = sw.requests is not None
@@ -296,16 +305,15 @@ class Sweep:
         records: list[RequestRecord] = []
         driver.start_step(cmd.variant, lv.index, lv.concurrency, lv.rate, window_start, window_end,
                           sw.requests if by_count else None, sw.ramp_s)
-        interval = self.plan.scrape.interval_s
-        next_scrape = time.time()
+        if self.exporter is not None:
+            self.exporter.attach(driver, cmd.variant, lv.index, lv.concurrency, lv.rate)
+        if self.plan.scrape.direct:
+            scraper.start()
         next_cpu = time.time() + 1.0
         drain_deadline: Optional[float] = None
         try:
             while True:
                 now = time.time()
-                if now >= next_scrape:
-                    scraper.scrape_once()
-                    next_scrape = now + interval
                 if now >= next_cpu:
                     cpu_max = max(cpu_max, self._proc.cpu_percent(None))
                     next_cpu = now + 1.0
@@ -324,9 +332,11 @@ class Sweep:
                     if driver.in_flight() == 0 or now >= drain_deadline:
                         break
                 gevent.sleep(0.05)
-            scraper.scrape_once()
         finally:
+            scraper.stop(final=self.plan.scrape.direct)
             records = driver.finish_step()
+            if self.exporter is not None:
+                self.exporter.end_step()
             end = time.time()
             info.ended = end
             info.sent, info.recorded = driver.sent(), len(records)
@@ -341,7 +351,11 @@ class Sweep:
             if scraper.buffer.failures:
                 info.error = f"{scraper.buffer.failures} of {scraper.buffer.scrapes} scrapes failed ({scraper.buffer.last_error})"
             self.run.write_requests(cmd.variant, lv.index, records)
-            self.run.write_metrics(cmd.variant, lv.index, scraper.buffer.table())
+            series, warn = step_series(self.plan.scrape, cmd.url, cmd.variant, lv.index, t_start, end,
+                                       scraper.buffer.table() if self.plan.scrape.direct else None)
+            if warn:
+                self.manifest["warnings"].append(warn)
+            self.run.write_metrics(cmd.variant, lv.index, series)
             if died:
                 info.status, info.error = STEP_FAILED, died
             elif self._interrupted is None:
