@@ -76,6 +76,7 @@ class SharedPrefixSpec(_Strict):
 
     prefixes: int = Field(default=4, ge=1)
     prefix_tokens: int = Field(default=256, ge=1)
+    questions: Optional[int] = Field(default=None, ge=1, description="questions per prefix (none: a new one each request)")
 
 
 class ScenarioSpec(_Strict):
@@ -97,6 +98,26 @@ class ScenarioSpec(_Strict):
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
     _len = field_validator("prompt_tokens", "output_tokens", mode="before")(_coerce_length)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin(cls, data: Any) -> Any:
+        """A built-in scenario's defaults, under the keys the plan gives."""
+        if isinstance(data, dict) and data.get("builtin") is not None:
+            from scenarios.builtins import apply_builtin
+
+            return apply_builtin(data)
+        return data
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "ScenarioSpec":
+        if self.turns > 1 and self.api != "chat":
+            raise ValueError("turns > 1 (multi-turn sessions) needs api: chat")
+        if not self.dataset and "dataset" in (self.prompt_tokens.dist, self.output_tokens.dist):
+            raise ValueError("dist 'dataset' needs scenario.dataset (a ShareGPT or prompts file)")
+        if self.dataset and self.shared_prefix is not None:
+            raise ValueError("shared_prefix and dataset cannot be combined")
+        return self
 
 
 # --- sweep -----------------------------------------------------------------------------------
