@@ -235,6 +235,8 @@ class ScrapeSpec(_Strict):
     exporter_port: Optional[int] = Field(default=None, ge=0, le=65535,
                                          description="serve the client's metrics on this port (0: any free one)")
     exporter_host: str = Field(default="127.0.0.1", description="address the client's metrics are served on")
+    targets_dir: Optional[str] = Field(default=None, description="publish the live servers and the exporter here "
+                                                                 "for Prometheus's file discovery")
 
     @field_validator("prometheus_url")
     @classmethod

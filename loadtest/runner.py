@@ -19,6 +19,7 @@ import gevent
 import psutil
 
 from deploy import launcher
+from deploy.render.prometheus import publish_targets
 from deploy.variants import resolve
 from loadtest.driver import Driver, LocalDriver
 from loadtest.manifest import new_manifest
@@ -307,6 +308,8 @@ class Sweep:
                           sw.requests if by_count else None, sw.ramp_s)
         if self.exporter is not None:
             self.exporter.attach(driver, cmd.variant, lv.index, lv.concurrency, lv.rate)
+        publish_targets(self.plan.scrape.targets_dir, {cmd.variant: cmd.url},
+                        self.exporter.url if self.exporter is not None else None)
         if self.plan.scrape.direct:
             scraper.start()
         next_cpu = time.time() + 1.0
