@@ -20,6 +20,8 @@ from locust.env import Environment
 logging.getLogger("locust.runners").setLevel(logging.ERROR)
 
 from loadtest.records import RequestRecord
+from scenarios.arrivals import ArrivalSchedule
+from scenarios.arrivals import gaps as _gaps
 from scenarios.openai_stream import Timeouts, make_client
 from scenarios.users import StepControl, send_one, user_class, wall
 from scenarios.workload import Workload
@@ -46,16 +48,13 @@ class Driver(Protocol):
 
 
 def arrival_times(n: int, rate: float, process: str, burstiness: float, rng: np.random.Generator) -> np.ndarray:
-    """Offsets (s) of n arrivals at `rate` per second: constant, Poisson, or gamma (bursty when shape < 1)."""
-    if process == "constant":
-        gaps = np.full(n, 1.0 / rate)
-    elif process == "poisson":
-        gaps = rng.exponential(1.0 / rate, size=n)
-    elif process == "gamma":
-        gaps = rng.gamma(burstiness, 1.0 / (rate * burstiness), size=n)
-    else:
-        raise ValueError(f"unknown arrival process {process!r}")
-    return np.cumsum(gaps) - gaps[0]
+    """Offsets (s) of n arrivals at `rate` per second, the first at 0: constant, Poisson, or gamma."""
+    g = _gaps(n, rate, process, burstiness, rng)
+    return np.cumsum(g) - g[0]
+
+
+# sockets an uncapped open-loop step may open (in flight at once); the process's file limit applies
+OPEN_LOOP_CONNECTIONS = 65536
 
 
 class LocalDriver:
@@ -77,6 +76,7 @@ class LocalDriver:
         self.burstiness = burstiness
         self.max_concurrency = max_concurrency
         self.rng = np.random.default_rng(seed)
+        self.open_loop_phase = 0.0  # offset of the first arrival (workers of one rate share it out)
         self._dispatcher: Optional[gevent.Greenlet] = None
         self._pool: Optional[gevent.pool.Pool] = None
         self._client = None
@@ -94,29 +94,35 @@ class LocalDriver:
             self._start_open_loop(rate)
 
     def _start_open_loop(self, rate: float) -> None:
-        cap = self.max_concurrency or 100000
-        self._pool = gevent.pool.Pool(cap)
-        self._client = make_client(self.url, self.timeouts, concurrency=min(cap, 1024))
-        t0 = time.perf_counter()
+        """Send on a schedule fixed in advance, whatever the server does (no coordinated omission).
+
+        Each arrival is due at t0 + offset; its record keeps that as scheduled_time, and send_time is
+        when it really went out, so lateness = send_time - scheduled_time shows a client falling
+        behind. Only max_concurrency (when set) holds an arrival back, and then it is sent late,
+        never skipped. The connection pool is as large as the cap, so no request waits for a socket
+        after its clock has started.
+        """
+        cap = self.max_concurrency
+        self._pool = gevent.pool.Pool(cap) if cap else gevent.pool.Group()
+        self._client = make_client(self.url, self.timeouts, concurrency=cap or OPEN_LOOP_CONNECTIONS)
+        schedule = ArrivalSchedule(rate, self.arrival, self.burstiness, self.rng, phase=self.open_loop_phase)
         ctl = self.control
+        client, pool = self._client, self._pool
+        t0 = time.perf_counter()
+
+        def send(due: float) -> None:
+            req = self.workload.next_request()
+            send_one(client, req, self.timeouts, ctl, self.headers, wall(due), self.env.events)
 
         def dispatch() -> None:
-            batch = 4096
-            base = 0.0
-            while True:
-                offs = arrival_times(batch, rate, self.arrival, self.burstiness, self.rng) + base
-                base = offs[-1] + (offs[-1] - offs[-2] if batch > 1 else 1.0 / rate)
-                for off in offs:
-                    delay = t0 + off - time.perf_counter()
-                    if delay > 0:
-                        gevent.sleep(delay)
-                    if not ctl.accepting:
-                        return
-                    scheduled = wall(t0 + off)
-                    req = self.workload.next_request()
-                    # the pool's wait for a free slot counts as lateness, never as a skipped send
-                    self._pool.spawn(send_one, self._client, req, self.timeouts, ctl, self.headers, scheduled,
-                                     self.env.events)
+            for off in schedule:
+                due = t0 + off
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    gevent.sleep(delay)
+                if not ctl.accepting:
+                    return
+                pool.spawn(send, due)  # blocks only at the cap: the wait shows as lateness
 
         self._dispatcher = gevent.spawn(dispatch)
 

@@ -79,6 +79,8 @@ def send_one(client, req: RequestSpec, timeouts: Timeouts, ctl: StepControl,
              events=None) -> RequestRecord:
     """Send one request, time it, and leave exactly one record, whatever happens (even a kill)."""
     rid = f"{ctl.worker}-{ctl.step}-{next(ctl._ids)}"
+    if req.session is not None:  # multi-turn: the conversation and the turn travel in the id
+        rid += f"/{req.session}/t{req.turn}"
     variant, step, conc, rate = ctl.variant, ctl.step, ctl.concurrency, ctl.rate
     res = StreamResult()
     t0 = time.perf_counter()
@@ -92,7 +94,8 @@ def send_one(client, req: RequestSpec, timeouts: Timeouts, ctl: StepControl,
     ctl.in_flight += 1
     cancelled = False
     try:
-        stream_request(client, req.path, req.body, timeouts, headers=headers, t_send=t0, result=res)
+        stream_request(client, req.path, req.body, timeouts, headers=headers, t_send=t0, result=res,
+                       collect_text=req.keep_text)
     except gevent.GreenletExit:
         cancelled = True
         if res.error_kind is None:
@@ -116,6 +119,8 @@ def send_one(client, req: RequestSpec, timeouts: Timeouts, ctl: StepControl,
                 ctl.on_record(rec)
         if events is not None:
             _fire_locust(events, rec, variant, conc, rate)
+        if req.on_done is not None:
+            req.on_done(res.ok, "".join(res.text) if res.text else None, res.output_tokens)
     return rec
 
 
@@ -147,6 +152,8 @@ class StreamingUser(User):
 
     def on_start(self) -> None:
         self.http = make_client(self.host, self.timeouts)
+        # a multi-turn workload hands each user its own conversation; others are their own session
+        self.conversation = self.workload.session() if hasattr(self.workload, "session") else self.workload
 
     def on_stop(self) -> None:
         try:
@@ -160,7 +167,7 @@ class StreamingUser(User):
         if not ctl.accepting:
             gevent.sleep(0.02)
             return
-        req = self.workload.next_request()
+        req = self.conversation.next_request()
         send_one(self.http, req, self.timeouts, ctl, headers=self.api_headers,
                  events=self.environment.events if self.fire_locust_events else None)
 
