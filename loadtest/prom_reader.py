@@ -159,11 +159,28 @@ class PromReader:
                 return False
             time.sleep(0.2)
 
+    def target_labels(self, matchers: Mapping[str, str]) -> set[str]:
+        """Names of the labels Prometheus attaches to the matched targets (not the exposition's own).
+
+        Taken from /api/v1/targets; where that is not served (a federating or long-term store),
+        only instance, job and the matchers' labels are known to be the target's.
+        """
+        names = set(TARGET_LABELS) | set(matchers)
+        try:
+            data = self._get("/api/v1/targets", [("state", "active")])
+        except PromError:
+            return names
+        for t in data.get("activeTargets", []):
+            lab = t.get("labels", {})
+            if any(k in lab for k in matchers) and all(lab.get(k, v) == v for k, v in matchers.items()):
+                names |= set(lab)
+        return names
+
     def read_step(self, variant: str, step: int, start: float, end: float, interval: float,
                   matchers: Mapping[str, str], prefixes: tuple[str, ...] = KEEP_PREFIXES,
                   keep_labels: tuple[str, ...] = ()) -> pa.Table:
         """The kept series of one server over [start, end] as METRIC_SCHEMA rows of this step."""
-        drop = (set(TARGET_LABELS) | set(matchers)) - set(keep_labels)
+        drop = self.target_labels(matchers) - set(keep_labels)
         rows: dict[float, list[tuple[str, str, float]]] = defaultdict(list)
         cumulative: dict[float, dict[tuple[str, str], float]] = defaultdict(dict)
         series = self.query_range(selector(matchers, prefix_regex(prefixes)), start, end, interval)

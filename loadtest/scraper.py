@@ -76,7 +76,8 @@ def parse_page(text: str, prefixes: tuple[str, ...] = KEEP_PREFIXES) -> Page:
             continue
         cumulative_type = fam.type in ("counter", "histogram", "summary", "gaugehistogram")
         for s in fam.samples:
-            key = (s.name, labels_json(s.labels))
+            # an empty label is no label to Prometheus; drop it so both sources give equal keys
+            key = (s.name, labels_json({k: v for k, v in s.labels.items() if v != ""}))
             value = float(s.value)
             page.rows.append((key[0], key[1], value))
             if s.name.endswith("_created"):

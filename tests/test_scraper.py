@@ -111,6 +111,9 @@ def test_parse_keeps_vllm_families_with_canonical_labels():
                    "vllm:time_to_first_token_seconds_count", "vllm:time_to_first_token_seconds_sum"}
     assert p.start_time == 1000.0
     assert list(p.created.values()) == [1001.0]
+    # an empty label value is dropped, as Prometheus drops it
+    q = parse_page('# TYPE vllm:x gauge\nvllm:x{a="",b="1"} 2\n')
+    assert q.rows == [("vllm:x", '{"b":"1"}', 2.0)]
 
 
 @pytest.mark.skipif(not CAPTURE.exists(), reason=f"no captured vLLM page at {CAPTURE}")
