@@ -280,7 +280,8 @@ class Sweep:
         if self.plan.workers > 0:
             from loadtest.distributed import DistributedDriver
 
-            return DistributedDriver(self.plan, cmd.url, self.timeouts, self.headers, self.plan.workers)
+            return DistributedDriver(self.plan, cmd.url, self.timeouts, self.headers, self.plan.workers,
+                                     model=self.plan.served_model_name or cmd.variant)
         return LocalDriver(cmd.url, workload, self.timeouts, self.headers, arrival=sw.arrival,
                            burstiness=sw.burstiness, max_concurrency=sw.max_concurrency, seed=self.plan.scenario.seed)
 
@@ -318,7 +319,9 @@ class Sweep:
             while True:
                 now = time.time()
                 if now >= next_cpu:
-                    cpu_max = max(cpu_max, self._proc.cpu_percent(None))
+                    # with workers, the busiest worker process counts too
+                    cpu_max = max(cpu_max, self._proc.cpu_percent(None),
+                                  getattr(driver, "worker_cpu_max", lambda: 0.0)())
                     next_cpu = now + 1.0
                 if server is not None and not server.alive():
                     died = (f"server of {cmd.variant} exited with status {server.process.returncode} "
@@ -351,6 +354,10 @@ class Sweep:
                 info.window_end = min(window_end, end) if window_end else end
             info.client_cpu_max = round(cpu_max, 1)
             info.client_saturated = cpu_max >= CLIENT_SATURATED_PCT
+            if info.client_saturated:
+                self.manifest["warnings"].append(
+                    f"{cmd.variant} step {lv.index}: a load-generator process reached {cpu_max:.0f}% of a core; "
+                    f"its latencies may include client delay (use more workers)")
             if scraper.buffer.failures:
                 info.error = f"{scraper.buffer.failures} of {scraper.buffer.scrapes} scrapes failed ({scraper.buffer.last_error})"
             self.run.write_requests(cmd.variant, lv.index, records)
