@@ -233,13 +233,16 @@ class ClientExporter:
                rate: Optional[float]) -> None:
         """Begin a step fed by a driver: sent and in-flight from it, records through its StepControl.
 
-        Any driver with `sent()`, `in_flight()` and a `control` carrying `on_record` works; the
-        distributed driver's control is the master's, which receives every worker's records.
+        Any driver with `sent()`, `in_flight()` and an `on_record` callback slot works: on its
+        StepControl (`driver.control.on_record`, the in-process driver) or on the driver itself
+        (`driver.on_record`, for a master that receives the workers' records).
         """
         self.begin_step(variant, step, concurrency, rate, sent=getattr(driver, "sent"),
                         in_flight=getattr(driver, "in_flight"))
         ctl = getattr(driver, "control", None)
         if ctl is None or not hasattr(ctl, "on_record"):
+            ctl = driver if hasattr(driver, "on_record") else None
+        if ctl is None:
             return
         prev = ctl.on_record
         if prev == self.observe or getattr(prev, "_exporter", None) is self:

@@ -178,3 +178,44 @@ def test_sweep_feeds_the_exporter_while_it_runs(null_server, tmp_path):
     port = int(man["exporter"].split(":")[2].split("/")[0])
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+class _MasterLike:
+    """A driver shaped like a Locust master: records arrive through its own on_record slot."""
+
+    def __init__(self) -> None:
+        self.on_record = None
+
+    def sent(self) -> int:
+        return 1
+
+    def in_flight(self) -> int:
+        return 0
+
+
+def test_attach_feeds_from_the_control_or_the_driver_and_chains(exporter):
+    from scenarios.users import StepControl
+
+    class Local:
+        def __init__(self) -> None:
+            self.control = StepControl()
+
+        def sent(self) -> int:
+            return 0
+
+        def in_flight(self) -> int:
+            return 0
+
+    seen = []
+    local = Local()
+    local.control.on_record = seen.append
+    exporter.attach(local, "a", 0, 1, None)
+    exporter.attach(local, "a", 1, 2, None)  # a second step does not feed twice
+    local.control.on_record(rec(variant="a", step=1, concurrency=2, output_tokens=3))
+    assert len(seen) == 1
+    master = _MasterLike()
+    exporter.attach(master, "b", 0, 4, None)
+    master.on_record(rec(variant="b", step=0, concurrency=4, output_tokens=5))
+    s = samples(exporter.url)
+    assert value(s, "ridgeline_client_output_tokens_total", variant="a", step="1", concurrency="2", rate="") == 3
+    assert value(s, "ridgeline_client_output_tokens_total", variant="b", step="0", concurrency="4", rate="") == 5
