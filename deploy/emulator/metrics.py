@@ -1,0 +1,212 @@
+"""The emulator's /metrics: vLLM's metric names, types, labels and bucket boundaries, plus modelled power.
+
+Names, label sets (model_name, engine) and histogram buckets follow vLLM's V1 Prometheus logger, so
+a scraper or dashboard written for vLLM reads the emulator unchanged. The emulator's own series
+(modelled GPU power and energy, and what is being emulated) are prefixed `ridgeline_emulator:`.
+Everything lives in one private CollectorRegistry per server.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the server)
+
+from deploy.catalog import GPUSpec
+from deploy.emulator.engine import Request, ScheduledStep, StepOutput
+from deploy.emulator.perf_model import step_power_w
+
+# vLLM's bucket families (vllm/v1/metrics: request latency, TTFT, inter-token latency, tokens per step)
+REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+                           120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0)
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+PARAMS_N_BUCKETS = (1, 2, 5, 10, 20)
+PREEMPTIONS_BUCKETS = (1, 2, 3, 4, 5, 10, 20)
+FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
+
+POWER_EMA_S = 1.0  # the power gauge averages over about this long
+
+
+def build_1_2_5_buckets(max_value: int) -> list[float]:
+    """1, 2, 5, 10, 20, 50, ... up to max_value (vLLM's token-count buckets)."""
+    out: list[float] = []
+    e = 1
+    while True:
+        for m in (1, 2, 5):
+            v = m * e
+            if v > max_value:
+                return out
+            out.append(v)
+        e *= 10
+
+
+class EmulatorMetrics:
+    """Every series the emulator exposes, updated once per engine step."""
+
+    def __init__(self, model_name: str, max_model_len: int, gpu: GPUSpec, cache_info: dict[str, str],
+                 emulated: dict[str, str], compute_dtype: str = "fp16", engine: str = "0", gpu_index: str = "0"):
+        self.registry = reg = CollectorRegistry(auto_describe=True)
+        self.gpu = gpu
+        self.compute_dtype = compute_dtype
+        ln = ["model_name", "engine"]
+        lv = (model_name, engine)
+
+        def gauge(name, doc):
+            return Gauge(name, doc, ln, registry=reg).labels(*lv)
+
+        def counter(name, doc):
+            return Counter(name, doc, ln, registry=reg).labels(*lv)
+
+        def hist(name, doc, buckets):
+            return Histogram(name, doc, ln, buckets=list(buckets), registry=reg).labels(*lv)
+
+        self.running = gauge("vllm:num_requests_running", "Number of requests in model execution batches.")
+        self.waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
+        self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        self.prefix_queries = counter("vllm:prefix_cache_queries",
+                                      "Prefix cache queries, in terms of number of queried tokens.")
+        self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.")
+        self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.")
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
+        success = Counter("vllm:request_success", "Count of successfully processed requests.",
+                          ln + ["finished_reason"], registry=reg)
+        self.success = {r: success.labels(model_name, engine, r) for r in FINISH_REASONS}
+        tok_buckets = build_1_2_5_buckets(max_model_len)
+        self.req_prompt_tokens = hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", tok_buckets)
+        self.req_gen_tokens = hist("vllm:request_generation_tokens", "Number of generation tokens processed.",
+                                   tok_buckets)
+        self.iteration_tokens = hist("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+                                     ITERATION_TOKENS_BUCKETS)
+        self.max_gen_tokens = hist("vllm:request_max_num_generation_tokens",
+                                   "Histogram of maximum number of requested generation tokens.", tok_buckets)
+        self.params_n = hist("vllm:request_params_n", "Histogram of the n request parameter.", PARAMS_N_BUCKETS)
+        self.params_max_tokens = hist("vllm:request_params_max_tokens",
+                                      "Histogram of the max_tokens request parameter.", tok_buckets)
+        self.ttft = hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                         TTFT_BUCKETS)
+        self.itl = hist("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                        ITL_BUCKETS)
+        self.tpot = hist("vllm:request_time_per_output_token_seconds",
+                         "Histogram of time_per_output_token_seconds per request.", ITL_BUCKETS)
+        self.e2e = hist("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+                        REQUEST_LATENCY_BUCKETS)
+        self.queue = hist("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+                          REQUEST_LATENCY_BUCKETS)
+        self.inference = hist("vllm:request_inference_time_seconds",
+                              "Histogram of time spent in RUNNING phase for request.", REQUEST_LATENCY_BUCKETS)
+        self.prefill = hist("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+                            REQUEST_LATENCY_BUCKETS)
+        self.decode = hist("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
+                           REQUEST_LATENCY_BUCKETS)
+        self.req_preemptions = hist("vllm:request_num_preemptions", "Number of preemptions per finished request.",
+                                    PREEMPTIONS_BUCKETS)
+        self.flops = counter("vllm:estimated_flops_per_gpu_total",
+                             "Estimated number of floating point operations per GPU "
+                             "(for Model Flops Utilization calculations).")
+        self.read_bytes = counter("vllm:estimated_read_bytes_per_gpu_total",
+                                  "Estimated number of bytes read from memory per GPU "
+                                  "(for Model Flops Utilization calculations).")
+        self.write_bytes = counter("vllm:estimated_write_bytes_per_gpu_total",
+                                   "Estimated number of bytes written to memory per GPU "
+                                   "(for Model Flops Utilization calculations).")
+        info = dict(cache_info)
+        info["engine"] = engine
+        Gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", list(info),
+              registry=reg).labels(**info).set(1)
+        # the emulator's own series: modelled, never measured
+        self.power = Gauge("ridgeline_emulator:gpu_power_watts",
+                           "Modelled GPU board power (emulator: idle plus a share of TDP that grows with "
+                           "modelled memory and tensor-core utilisation), not a measurement.",
+                           ["gpu", "gpu_name"], registry=reg).labels(gpu_index, gpu.name)
+        self.energy = Counter("ridgeline_emulator:gpu_energy_joules",
+                              "Modelled GPU energy since start (emulator), not a measurement.",
+                              ["gpu", "gpu_name"], registry=reg).labels(gpu_index, gpu.name)
+        Gauge("ridgeline_emulator:info", "What this emulator models (value 1).", list(emulated),
+              registry=reg).labels(**emulated).set(1)
+        self.power.set(gpu.idle_w)
+        self._power_ema = gpu.idle_w
+        self._last_t: float | None = None
+
+    # --- updates
+    def set_state(self, running: int, waiting: int, kv_usage: float) -> None:
+        self.running.set(running)
+        self.waiting.set(waiting)
+        self.kv_usage.set(kv_usage)
+
+    def _account_idle(self, until: float) -> None:
+        if self._last_t is not None and until > self._last_t:
+            gap = until - self._last_t
+            self.energy.inc(self.gpu.idle_w * gap)
+            self._ema(self.gpu.idle_w, gap)
+            self._last_t = until
+
+    def _ema(self, watts: float, dt: float) -> None:
+        a = min(1.0, dt / POWER_EMA_S)
+        self._power_ema += a * (watts - self._power_ema)
+        self.power.set(self._power_ema)
+
+    def on_step(self, step: ScheduledStep, out: StepOutput, t_start: float, t_end: float, preemptions: int,
+                queries: int, hits: int) -> None:
+        """Counters and histograms of one finished step (times in one monotonic clock)."""
+        timing = step.timing
+        self._account_idle(t_start)
+        if self._last_t is None:
+            self._last_t = t_start
+        dt = max(t_end - t_start, 0.0)
+        watts = step_power_w(self.gpu, timing, self.compute_dtype)
+        self.energy.inc(watts * dt)
+        self._ema(watts, dt)
+        self._last_t = max(self._last_t, t_end)
+        if preemptions:
+            self.preemptions.inc(preemptions)
+        if queries:
+            self.prefix_queries.inc(queries)
+        if hits:
+            self.prefix_hits.inc(hits)
+        if out.prompt_tokens:
+            self.prompt_tokens.inc(out.prompt_tokens)
+        if out.generation_tokens:
+            self.generation_tokens.inc(out.generation_tokens)
+        self.iteration_tokens.observe(out.prompt_tokens + out.generation_tokens)
+        self.flops.inc(timing.flops)
+        self.read_bytes.inc(timing.read_bytes)
+        self.write_bytes.inc(timing.write_bytes)
+
+    def on_token(self, req: Request, t: float, prev_t: float | None) -> None:
+        if prev_t is None:
+            self.ttft.observe(max(t - req.http_time, 0.0))
+        else:
+            self.itl.observe(t - prev_t)
+
+    def on_finished(self, reqs: Iterable[Request], now: float) -> None:
+        for r in reqs:
+            self.success[r.finish_reason or "abort"].inc()
+            sched = r.queued_time if r.queued_time is not None else now
+            first = r.first_token_time if r.first_token_time is not None else now
+            last = r.last_token_time if r.last_token_time is not None else now
+            self.e2e.observe(max(now - r.http_time, 0.0))
+            self.queue.observe(max(sched - r.arrival_time, 0.0))
+            self.prefill.observe(max(first - sched, 0.0))
+            self.decode.observe(max(last - first, 0.0))
+            self.inference.observe(max(last - sched, 0.0))
+            self.req_prompt_tokens.observe(r.prompt_len)
+            self.req_gen_tokens.observe(r.num_output)
+            self.max_gen_tokens.observe(r.max_tokens)
+            self.params_n.observe(1)
+            self.params_max_tokens.observe(r.max_tokens)
+            self.req_preemptions.observe(r.num_preemptions)
+            if r.num_output > 1:
+                self.tpot.observe((last - first) / (r.num_output - 1))
+
+    def idle_until(self, now: float) -> None:
+        """Bring the energy counter up to `now` when no step has run for a while (called at scrape)."""
+        self._account_idle(now)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

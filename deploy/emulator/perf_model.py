@@ -1,0 +1,245 @@
+"""How long one engine step takes on the chosen GPU, model and variant: a calibrated roofline.
+
+A step runs a handful of kernel families one after another; each is bounded by its bytes over the
+achievable bandwidth or its FLOPs over the achievable peak, and the step's time is their sum plus a
+per-step overhead:
+
+    linear layers   max(weight bytes / BW, 2 x linear params x tokens / peak)   (+ INT4 dequant tax)
+    lm_head         max(vocab x hidden x 2 bytes / BW, 2 x vocab x hidden x sampled rows / peak)
+    attention       max(KV bytes read and written / BW_attn, attention FLOPs / peak_attn)
+    elementwise     activation bytes / BW  (norms, rotary, SiLU, residual adds)
+    overhead        per step + per sequence (scheduling, input preparation, sampling)
+
+"max" is a soft maximum, (a^k + b^k)^(1/k), because a kernel near its ridge point overlaps memory
+and compute imperfectly (k fitted to the bf16 linear-layer table of the H100 anchors).
+
+INT4 weight-only kernels (AWQ/GPTQ through Marlin or Machete) read 4-bit weights but dequantize them
+to fp16 before the tensor cores: a tax that grows with the tokens in the step while the kernel works
+on small M-tiles, and is hidden behind the matrix products once the step is compute-bound. An FP8 KV
+cache halves the attention bytes but converts on every read and quantizes the query, which costs a
+little per step and per byte.
+
+Every calibration constant lives in `Calibration`, each with the anchor it was fitted to
+(shared/anchors/h100_vllm_0.24: vLLM 0.24.0, Llama-3-8B, 512 prompt / 256 output tokens on one H100).
+Fractions apply to the GPU's achievable ceilings from deploy/catalog.py, so other GPUs scale by
+their own datasheet figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterable, Optional
+
+from deploy.catalog import GPUSpec, ModelSpec, kv_dtype_bytes, weight_bits
+from deploy.roofline import ACT_BYTES, act_bytes_per_token, compute_dtype
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Every fitted constant of the step-time model, with where it came from."""
+
+    # Soft-max exponent: fits the bf16 linear-layer table (anchors/h100_linear_layer_*.json) within 4%
+    # at every M from 1 to 2048 (e.g. M=256: 205 us memory, 164 us compute, 238 us measured).
+    smooth_k: float = 3.0
+    # Weight streaming reaches this share of the measured copy bandwidth (vLLM decode with CUDA graphs);
+    # fitted to the fp16 median ITL at concurrency 1 (6.45 ms) together with step_overhead_s.
+    weight_bw_eff: float = 0.96
+    # Large linear layers reach this share of the measured bf16 matmul peak; fitted to the median
+    # TTFT at concurrency 16 (an 8,192-token prefill step: fp16 170 ms).
+    gemm_eff: float = 0.95
+    # Paged-attention decode reads the KV cache at this share of the copy bandwidth; fitted to the rise
+    # of the fp16 ITL from concurrency 1 to 64 (6.45 -> 8.77 ms, the misloaded "gptq" files are fp16).
+    attn_bw_eff: float = 0.78
+    # An FP8 KV cache is read at this share of attn_bw_eff (fp8 -> bf16 conversion in the kernel);
+    # fitted to the fp8kv ITL at concurrency 64 (8.18 ms) and the fp8kv/fp16 throughput at 256 (1.12x).
+    fp8_kv_read_eff: float = 0.72
+    # Per-step cost of an FP8 KV cache (query quantization and scale handling in every layer);
+    # fitted to fp8kv/fp16 at concurrency 1 (ITL 6.57 vs 6.45 ms: 0.99x).
+    fp8_kv_step_s: float = 0.12e-3
+    # Prefill attention (FlashAttention) reaches this share of the bf16 peak.
+    attn_flop_eff: float = 0.5
+    # Fixed cost of a step outside the kernels' rooflines: scheduling, input preparation, kernel
+    # launch gaps; fitted with weight_bw_eff to the fp16 and AWQ ITL at concurrency 1.
+    step_overhead_s: float = 1.1e-3
+    # Per scheduled sequence: sampling, detokenization, output processing; fitted to the ITL rise
+    # with concurrency together with attn_bw_eff.
+    seq_overhead_s: float = 4.0e-6
+    # INT4 (Marlin/Machete) dequantization tax. The dequantization work grows with the tokens in the
+    # step (every M-tile converts the weights again): dq0 + dq_per_token x min(tokens, dq_knee) seconds.
+    # It is exposed while the kernel waits on memory and hidden behind tensor-core work once the
+    # kernel is compute-bound: the exposed share is 1 / (1 + (compute / memory) ^ int4_hide_exp).
+    # Fitted to the AWQ ITL at concurrency 1, 4, 16 and 64 (4.08, 4.21, 4.59, 7.30 ms) and to the
+    # AWQ/fp16 throughput at 64 and 256 (1.16x, 1.13x).
+    int4_dq0_s: float = 1.15e-3
+    int4_dq_per_token_s: float = 30e-6
+    int4_dq_knee_tokens: float = 256.0
+    int4_hide_exp: float = 3.0
+    # INT4 tensor-core path reaches this share of gemm_eff once compute-bound; fitted to the AWQ
+    # median TTFT at concurrency 16 (187 ms vs fp16 170 ms for the same 8,192-token prefill).
+    int4_mma_eff: float = 0.95
+    # FP8 weights (W8A8): per-token activation quantization, in bytes of extra traffic per token
+    # (not anchored: no fp8-weight end-to-end run exists; the layer table gives the kernel side).
+    fp8_act_quant_bytes_per_token: float = 0.0
+    # API server time per request before it reaches the engine and after its first token (tokenize,
+    # IPC, detokenize, SSE); fitted to the median TTFT at concurrency 1 (fp16 23.1, AWQ 20.5 ms).
+    frontend_s: float = 8.5e-3
+    # The API server is one Python process: requests and output tokens queue for it in FIFO order.
+    # Per request (parse, tokenize, hand to the engine) and per streamed token (detokenize, serialize,
+    # write); fitted to the TTFT at concurrency 64 and 256, where that process is busy.
+    frontend_req_s: float = 0.0
+    frontend_token_s: float = 0.0
+    # Elementwise activation traffic as a share of the unfused estimate (vLLM fuses add+norm, SiLU).
+    act_traffic_eff: float = 1.0
+
+    def with_overrides(self, overrides: Optional[dict[str, float]]) -> "Calibration":
+        if not overrides:
+            return self
+        known = set(asdict(self))
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ValueError(f"unknown calibration constant(s) {', '.join(bad)} (known: {', '.join(sorted(known))})")
+        return replace(self, **{k: float(v) for k, v in overrides.items()})
+
+
+DEFAULT_CALIBRATION = Calibration()
+
+
+@dataclass
+class StepShape:
+    """What a scheduled step holds, accumulated sequence by sequence."""
+
+    tokens: int = 0  # new tokens computed this step
+    seqs: int = 0  # sequences scheduled (each produces a logits row)
+    decode_seqs: int = 0
+    prefill_tokens: int = 0
+    ctx_tokens: float = 0.0  # KV tokens read (cached context of every scheduled sequence)
+    attn_flops_units: float = 0.0  # sum of new_tokens x (context + (new_tokens + 1) / 2)
+
+    def add(self, new_tokens: int, context: int) -> None:
+        self.tokens += new_tokens
+        self.seqs += 1
+        if new_tokens == 1 and context > 0:
+            self.decode_seqs += 1
+        else:
+            self.prefill_tokens += new_tokens
+        self.ctx_tokens += context
+        self.attn_flops_units += new_tokens * (context + (new_tokens + 1) * 0.5)
+
+    @classmethod
+    def of(cls, seqs: Iterable[tuple[int, int]]) -> "StepShape":
+        s = cls()
+        for n, c in seqs:
+            s.add(n, c)
+        return s
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """A step's modelled duration and what it moved and computed (for /metrics and power)."""
+
+    time_s: float
+    flops: float
+    read_bytes: float
+    write_bytes: float
+    parts: dict = field(default_factory=dict, compare=False)
+
+
+def smax(a: float, b: float, k: float) -> float:
+    """Soft maximum: a kernel near its ridge point is slower than either bound alone."""
+    if a <= 0:
+        return b
+    if b <= 0:
+        return a
+    return (a**k + b**k) ** (1.0 / k)
+
+
+class PerfModel:
+    """Step times for one (GPU, model, variant)."""
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, weights: str, kv_cache_dtype: str = "auto",
+                 calibration: Calibration = DEFAULT_CALIBRATION, group_size: int = 128):
+        self.model, self.gpu, self.weights, self.kv_cache_dtype = model, gpu, weights, kv_cache_dtype
+        self.cal = calibration
+        self.int4 = weights in ("awq", "gptq")
+        self.fp8_kv = kv_cache_dtype.startswith("fp8")
+        weight_bits(weights, group_size)
+        c = calibration
+        m = model
+        bw = gpu.bandwidth(True)
+        self.bw_w = bw * c.weight_bw_eff
+        self.bw_attn = bw * c.attn_bw_eff * (c.fp8_kv_read_eff if self.fp8_kv else 1.0)
+        self.bw_act = bw
+        self.peak16 = gpu.flops("fp16", True) * c.gemm_eff
+        self.peak_lin = gpu.flops(compute_dtype(weights, gpu), True) * c.gemm_eff
+        if self.int4:
+            self.peak_lin *= c.int4_mma_eff
+        self.peak_attn = gpu.flops("fp16", True) * c.attn_flop_eff
+        self.lin_bytes = m.linear_weight_bytes(weights, group_size) + m.other_params * ACT_BYTES
+        self.lm_bytes = m.vocab * m.hidden * ACT_BYTES
+        self.lin_flops_per_token = 2.0 * m.linear_params
+        self.lm_flops_per_row = 2.0 * m.vocab * m.hidden
+        self.kvb = m.kv_bytes_per_token(kv_dtype_bytes(kv_cache_dtype))
+        self.attn_flop_factor = 4.0 * m.layers * m.heads * m.head_dim
+        self.act_per_token = act_bytes_per_token(m) - m.vocab * 4.0 + m.hidden * ACT_BYTES
+        self.logits_row_bytes = m.vocab * 4.0
+        if weights == "fp8":
+            self.act_per_token += c.fp8_act_quant_bytes_per_token
+
+    def step(self, shape: StepShape) -> StepTiming:
+        """Duration of one step holding `shape`."""
+        c = self.cal
+        k = c.smooth_k
+        if shape.tokens <= 0:
+            return StepTiming(0.0, 0.0, 0.0, 0.0)
+        t_tok = shape.tokens
+        lin_flops = self.lin_flops_per_token * t_tok
+        mem_lin = self.lin_bytes / self.bw_w
+        comp_lin = lin_flops / self.peak_lin
+        t_lin = smax(mem_lin, comp_lin, k)
+        if self.int4:
+            work = c.int4_dq0_s + c.int4_dq_per_token_s * min(t_tok, c.int4_dq_knee_tokens)
+            t_lin += work / (1.0 + (comp_lin / mem_lin) ** c.int4_hide_exp)
+        rows = shape.seqs
+        lm_flops = self.lm_flops_per_row * rows
+        t_lm = smax(self.lm_bytes / self.bw_w, lm_flops / self.peak16, k)
+        kv_read = shape.ctx_tokens * self.kvb
+        kv_write = t_tok * self.kvb
+        attn_flops = self.attn_flop_factor * shape.attn_flops_units
+        t_attn = smax((kv_read + kv_write) / self.bw_attn, attn_flops / self.peak_attn, k)
+        act = self.act_per_token * t_tok + self.logits_row_bytes * rows
+        t_act = act * c.act_traffic_eff / self.bw_act
+        overhead = c.step_overhead_s + c.seq_overhead_s * rows
+        if self.fp8_kv:
+            overhead += c.fp8_kv_step_s
+        total = t_lin + t_lm + t_attn + t_act + overhead
+        flops = lin_flops + lm_flops + attn_flops
+        read = self.lin_bytes + self.lm_bytes + kv_read + act * 0.5
+        write = kv_write + act * 0.5
+        return StepTiming(total, flops, read, write,
+                          {"linear": t_lin, "lm_head": t_lm, "attention": t_attn, "elementwise": t_act,
+                           "overhead": overhead})
+
+    def step_of(self, seqs: Iterable[tuple[int, int]]) -> StepTiming:
+        """Convenience: duration of a step given (new_tokens, cached_context) per sequence."""
+        return self.step(StepShape.of(seqs))
+
+
+# --- modelled power -------------------------------------------------------------------------------
+# Board power while a step runs: idle plus a share of (TDP - idle) that grows with how hard the step
+# drives memory and tensor cores relative to the datasheet. Not calibrated against a power meter:
+# the emulator labels it as modelled. Memory-bound decode near full bandwidth lands around half of
+# TDP, compute-bound prefill around three quarters, which is what H100 boards typically draw.
+POWER_BASE_ACTIVE = 0.10  # share of (TDP - idle) for any running step (clocks up, launches)
+POWER_MEM_WEIGHT = 0.55
+POWER_COMPUTE_WEIGHT = 0.85
+
+
+def step_power_w(gpu: GPUSpec, timing: StepTiming, dtype: str = "fp16") -> float:
+    """Modelled average board power during a step."""
+    if timing.time_s <= 0:
+        return gpu.idle_w
+    mem_frac = (timing.read_bytes + timing.write_bytes) / (gpu.mem_bw_tbps * 1e12 * timing.time_s)
+    comp_frac = timing.flops / (gpu.flops(dtype, measured_ceilings=False) * timing.time_s)
+    share = min(1.0, POWER_BASE_ACTIVE + POWER_MEM_WEIGHT * min(mem_frac, 1.0)
+                + POWER_COMPUTE_WEIGHT * min(comp_frac, 1.0))
+    return gpu.idle_w + (gpu.tdp_w - gpu.idle_w) * share
