@@ -49,6 +49,7 @@ class StepControl:
     records: list[RequestRecord] = field(default_factory=list)
     worker: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
     on_record: Optional[Callable[[RequestRecord], None]] = None
+    keep_records: bool = True  # plain Locust runs keep only Locust's own statistics
     _ids: "itertools.count[int]" = field(default_factory=itertools.count)
 
     def begin(self, variant: str, step: int, concurrency: Optional[int], rate: Optional[float]) -> None:
@@ -113,7 +114,7 @@ def send_one(client, req: RequestSpec, timeouts: Timeouts, ctl: StepControl,
             output_tokens=res.output_tokens, token_events=res.token_events, status=status,
             error_kind=res.error_kind, error=res.error, http_status=res.http_status, worker=ctl.worker,
         )
-        if ctl.step == step:
+        if ctl.step == step and ctl.keep_records:
             ctl.records.append(rec)
             if ctl.on_record is not None:
                 ctl.on_record(rec)
@@ -125,16 +126,21 @@ def send_one(client, req: RequestSpec, timeouts: Timeouts, ctl: StepControl,
 
 
 def _fire_locust(events, rec: RequestRecord, variant: str, conc: Optional[int], rate: Optional[float]) -> None:
-    """Show the request in Locust's own statistics and web UI: end to end and time to first token."""
-    level = f"c={conc}" if conc is not None else f"rate={rate:g}"
+    """Show the request in Locust's own statistics and web UI: end to end and time to first token.
+
+    A request cut off because the run stopped is no failure of the server: Locust never sees it.
+    """
+    if rec.status == CANCELLED:
+        return
+    level = f" c={conc}" if conc is not None else (f" rate={rate:g}" if rate is not None else "")
     exc = None if rec.status == OK else RuntimeError(f"{rec.error_kind}: {rec.error}")
     events.request.fire(
-        request_type="POST", name=f"{variant} {level} e2e", response_time=(rec.e2e_s or 0.0) * 1000,
+        request_type="POST", name=f"{variant}{level} e2e", response_time=(rec.e2e_s or 0.0) * 1000,
         response_length=rec.output_tokens or 0, exception=exc, context={},
     )
     if rec.ttft_s is not None:
         events.request.fire(
-            request_type="TTFT", name=f"{variant} {level}", response_time=rec.ttft_s * 1000,
+            request_type="TTFT", name=f"{variant}{level}", response_time=rec.ttft_s * 1000,
             response_length=0, exception=None, context={},
         )
 
