@@ -38,8 +38,42 @@ class ResultsError(RuntimeError):
     """A results directory that cannot be read or written."""
 
 
+class DiskFullError(ResultsError):
+    """The results could not be written because the filesystem (or a size limit) is full."""
+
+
+def _no_room(path: Path, exc: OSError) -> Optional[DiskFullError]:
+    """A clear error for a write that failed for lack of space; None for any other failure."""
+    import errno
+    import shutil
+
+    code = exc.errno
+    if code is None and "No space left" in str(exc):  # some writers lose the errno
+        code = errno.ENOSPC
+    if code not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return None
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free there now"
+    except OSError:
+        free = "free space unknown"
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+           errno.EFBIG: "the file size limit (ulimit -f) is reached"}[code]
+    return DiskFullError(f"{why}: could not write {path} ({os.strerror(code)}; {free}). "
+                         f"What was written before is intact; free space and resume the run.")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write then rename, with fsync, so a reader never sees half a file."""
+    try:
+        _atomic_write_bytes(path, data)
+    except OSError as exc:
+        full = _no_room(path, exc)
+        if full is None:
+            raise
+        raise full from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -80,6 +114,17 @@ def _json_default(o: Any) -> Any:
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
+    """Parquet through a temporary name; a full disk is a DiskFullError naming the file."""
+    try:
+        _atomic_write_table(path, table)
+    except OSError as exc:
+        full = _no_room(path, exc)
+        if full is None:
+            raise
+        raise full from None
+
+
+def _atomic_write_table(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -17,7 +17,9 @@ from urllib.parse import urlsplit
 
 import gevent
 from geventhttpclient import HTTPClient
-from geventhttpclient.response import HTTPConnectionClosed
+from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
+
+from loadtest.secrets import redact, secrets_in_headers
 
 # error kinds a record can carry
 E_CONNECT = "connect"  # could not connect or send
@@ -28,6 +30,9 @@ E_DISCONNECT = "disconnect"  # the connection closed before [DONE]
 E_PROTOCOL = "protocol"  # malformed SSE or JSON from the server
 E_SERVER = "server_error_event"  # an error object inside the stream
 E_CANCELLED = "cancelled"  # stopped by the sweep (drain ran out)
+# not an error: the request succeeded (status ok) but the stream disagreed with itself, e.g. the
+# usage event counts a different number of tokens than token events arrived; both counts are kept
+E_PROTOCOL_WARNING = "protocol_warning"
 
 
 @dataclass
@@ -164,6 +169,10 @@ def stream_request(
         if res.done and res.error_kind is None:
             res.e2e_s = time.perf_counter() - t0
             res.ok = True
+            if res.completion_tokens is not None and res.completion_tokens != res.token_events:
+                res.error_kind = E_PROTOCOL_WARNING
+                res.error = (f"usage reports {res.completion_tokens} completion tokens but "
+                             f"{res.token_events} token events arrived")
         return res
     except _FirstTokenTimeout:
         res.error_kind = E_TIMEOUT_FIRST
@@ -180,11 +189,27 @@ def stream_request(
         res.error = _short(f"{type(exc).__name__}: {exc} after {res.token_events} token events")
         res.e2e_s = time.perf_counter() - t0
         return res
+    except HTTPParseError as exc:
+        # the body broke off mid-chunk (the server died or dropped the socket) or was not HTTP at all
+        incomplete = "incomplete" in str(exc).lower()
+        res.error_kind = E_DISCONNECT if incomplete else E_PROTOCOL
+        res.error = _short(f"{type(exc).__name__}: {exc} after {res.token_events} token events")
+        res.e2e_s = time.perf_counter() - t0
+        return res
     except gevent.GreenletExit:
         res.error_kind, res.error = E_CANCELLED, f"cancelled after {res.token_events} token events"
         res.e2e_s = time.perf_counter() - t0
         raise
+    except Exception as exc:  # noqa: BLE001 - whatever the answer did to the client, the request is kept
+        res.error_kind = E_PROTOCOL
+        res.error = _short(f"unreadable answer: {type(exc).__name__}: {exc} after {res.token_events} token events")
+        res.e2e_s = time.perf_counter() - t0
+        return res
     finally:
+        if res.e2e_s is None:  # an HTTP error or a failed connect still took this long
+            res.e2e_s = time.perf_counter() - t0
+        if res.error and headers:  # a server may echo credentials back (a 401 body, an error event)
+            res.error = redact(res.error, secrets_in_headers(headers))
         st.timer.cancel()
         if resp is not None and not res.ok:
             # a half-read stream cannot be reused: drop the connection
@@ -307,8 +332,15 @@ class _Stream:
                 res.text.append(txt)
         usage = ev.get("usage")
         if isinstance(usage, dict):
-            res.prompt_tokens = usage.get("prompt_tokens", res.prompt_tokens)
-            res.completion_tokens = usage.get("completion_tokens", res.completion_tokens)
+            res.prompt_tokens = _count(usage.get("prompt_tokens"), res.prompt_tokens)
+            res.completion_tokens = _count(usage.get("completion_tokens"), res.completion_tokens)
+
+
+def _count(v: Any, old: Optional[int]) -> Optional[int]:
+    """A token count from a usage event, if it is one (a whole number a Parquet int32 holds)."""
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31:
+        return v
+    return old
 
 
 def _fast_text_len(data: bytes) -> int:
