@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import gevent
+import greenlet
 import psutil
 
 from deploy import launcher
@@ -27,7 +28,8 @@ from loadtest.plan import Plan
 from loadtest.records import (
     MEASURE, STEP_COMPLETE, STEP_FAILED, STEP_INCOMPLETE, RequestRecord, StepInfo,
 )
-from loadtest.results import RunDir, safe_child
+from loadtest.results import ResultsError, RunDir, atomic_write_text, safe_child
+from loadtest.secrets import read_api_key, redact_obj, scrub_file
 from loadtest.exporter import ClientExporter, exporter_for
 from loadtest.prom_reader import step_series
 from loadtest.scraper import Scraper
@@ -43,17 +45,7 @@ class RunInterrupted(Exception):
 
 def api_key(plan: Plan) -> Optional[str]:
     """The API key from the environment variable or file the plan names (never from the plan itself)."""
-    if plan.api_key_env:
-        val = os.environ.get(plan.api_key_env)
-        if not val:
-            raise ValueError(f"plan names api_key_env {plan.api_key_env!r} but that variable is not set")
-        return val
-    if plan.api_key_file:
-        try:
-            return Path(plan.api_key_file).expanduser().read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"api_key_file {plan.api_key_file!r} cannot be read: {exc}") from None
-    return None
+    return read_api_key(plan.api_key_env, plan.api_key_file)
 
 
 def new_run_dir(plan: Plan, out: Optional[str] = None) -> RunDir:
@@ -130,6 +122,9 @@ class Sweep:
         self._commands = commands
         self._proc = psutil.Process()
         self._interrupted: Optional[str] = None
+        self._secrets = [self.key] if self.key else []
+        self._main: Optional[greenlet.greenlet] = None  # the greenlet running execute()
+        self._shielded = False  # persisting or cleaning up: a signal waits until this is done
         self.exporter: Optional[ClientExporter] = None
 
     # ------------------------------------------------------------------ servers
@@ -156,6 +151,7 @@ class Sweep:
         server = self._servers.pop(variant, None)
         if server is not None:
             launcher.stop(server)
+            scrub_file(server.log_path, self._secrets)  # a server may log what it was sent
 
     def stop_all(self) -> None:
         for v in list(self._servers):
@@ -172,7 +168,7 @@ class Sweep:
 
     # ------------------------------------------------------------------ persistence
     def _save_manifest(self) -> None:
-        self.run.write_manifest(self.manifest)
+        self.run.write_manifest(redact_obj(self.manifest, self._secrets) if self._secrets else self.manifest)
 
     def _step_entry(self, info: StepInfo) -> None:
         steps = self.manifest["steps"]
@@ -188,8 +184,12 @@ class Sweep:
     def execute(self, skip: Optional[set[tuple[str, int]]] = None) -> RunDir:
         """Run every variant and step not in `skip`; always stop servers and mark the end."""
         skip = skip or set()
-        old = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
-        signal.signal(signal.SIGTERM, self._on_signal)
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._main = greenlet.getcurrent()
+        for s in old:
+            signal.signal(s, self._on_signal)
+        if not (self.run.path / "plan.yaml").exists():
+            atomic_write_text(self.run.path / "plan.yaml", self.plan.to_yaml())
         self.manifest["scenario"] = build_workload(self.plan.scenario, "x").describe()
         self._save_manifest()
         status = "complete"
@@ -210,25 +210,51 @@ class Sweep:
         except (KeyboardInterrupt, RunInterrupted) as exc:
             status = "interrupted"
             self.manifest["warnings"].append(f"run interrupted: {self._interrupted or type(exc).__name__}")
-            raise RunInterrupted(str(self.run.path)) from None
+            stopped = RunInterrupted(str(self.run.path))
+            stopped.signal = self._interrupted or "SIGINT"
+            raise stopped from None
         except BaseException as exc:
             status = "failed"
             self.manifest["warnings"].append(f"run failed: {type(exc).__name__}: {exc}")
             raise
         finally:
+            self._shielded = True  # a second Ctrl-C must not leave servers running
             self.stop_all()
             if self.exporter is not None:
                 self.exporter.stop()
-            self.manifest["status"] = status
-            self.manifest["ended"] = time.time()
-            self._save_manifest()
             for s, h in old.items():
                 signal.signal(s, h)
+            self._main = None
+            self._shielded = False
+            self.manifest["status"] = status
+            self.manifest["ended"] = time.time()
+            try:
+                self._save_manifest()
+            except ResultsError:
+                if status == "complete":
+                    raise  # otherwise the error already on its way says what went wrong
         return self.run
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ANN001
+        """SIGINT/SIGTERM: stop the run in the greenlet running it, never while a step is being written.
+
+        Under gevent a handler runs in whichever greenlet was current (a Locust user, the hub), so
+        the exception is thrown into the sweep's own greenlet from the hub's loop instead of being
+        raised here; while a step is persisted or servers are stopped it waits (see _run_step).
+        """
+        first = self._interrupted is None
         self._interrupted = signal.Signals(signum).name
-        raise RunInterrupted(self._interrupted)
+        if not first or self._shielded or self._main is None:
+            return
+        if greenlet.getcurrent() is self._main:
+            raise RunInterrupted(self._interrupted)
+        gevent.get_hub().loop.run_callback(self._throw_into_main)
+
+    def _throw_into_main(self) -> None:
+        main = self._main
+        if main is None or main.dead or self._shielded or greenlet.getcurrent() is main:
+            return
+        main.throw(RunInterrupted(self._interrupted or "signal"))
 
     def _run_variant(self, cmd: launcher.ServerCommand, levels: list[StepLevel]) -> None:
         p = self.progress
@@ -261,7 +287,20 @@ class Sweep:
                         if self.plan.server.on_failure == "restart" and server is not None:
                             driver.close()
                             self._stop(cmd.variant)
-                            server = self._start(cmd)
+                            try:
+                                server = self._start(cmd)
+                            except launcher.LaunchError as exc:
+                                self.manifest["warnings"].append(f"variant {cmd.variant}: restart failed: {exc}")
+                                for x in [x for x in levels if x.index > lv.index]:
+                                    self._step_entry(StepInfo(cmd.variant, x.index, x.concurrency, x.rate,
+                                                              STEP_FAILED, time.time(), ended=time.time(),
+                                                              repeat=x.repeat,
+                                                              error=f"skipped: the server did not restart: {exc}"))
+                                break
+                            entry["pid"] = server.pid
+                            entry.setdefault("restarts", []).append(time.time())
+                            self.manifest["warnings"].append(
+                                f"variant {cmd.variant}: server restarted after it died in step {lv.index}")
                             driver = self._make_driver(cmd, workload)
                             continue
                         rest = [x for x in levels if x.index > lv.index]
@@ -339,6 +378,7 @@ class Sweep:
                         break
                 gevent.sleep(0.05)
         finally:
+            self._shielded = True  # a signal now waits until the step is on disk
             scraper.stop(final=self.plan.scrape.direct)
             records = driver.finish_step()
             if self.exporter is not None:
@@ -373,6 +413,9 @@ class Sweep:
             self._step_entry(info)
             p.finished.append(_step_brief(info, records))
             self.on_progress(p)
+            self._shielded = False
+        if self._interrupted is not None:
+            raise RunInterrupted(self._interrupted)
         return died is None
 
 
