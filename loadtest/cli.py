@@ -41,21 +41,59 @@ def _finish(run_path: Path) -> None:
             out.print(verdict, highlight=False)
 
 
-def _execute(plan: Plan, source: Optional[str], out_dir: Optional[str], quiet: bool) -> Path:
+def _preflight(plan: Plan) -> None:
+    """Everything that can be wrong with the input, checked before a directory or a server exists."""
+    from loadtest.secrets import SecretError, read_api_key
+    from scenarios.prompts import ScenarioError
+    from scenarios.workload import build_workload
+
+    try:
+        read_api_key(plan.api_key_env, plan.api_key_file)
+    except SecretError as exc:
+        _fail(str(exc))
+    try:
+        build_workload(plan.scenario, plan.served_model_name or plan.variants[0].name)
+    except ScenarioError as exc:
+        _fail(str(exc))
+
+
+def _resume_hint(run_path: Path) -> str:
+    import shlex
+
+    return f"resume with: ridgeline run --resume {shlex.quote(str(run_path))}"
+
+
+def _execute(plan: Plan, source: Optional[str], out_dir: Optional[str], quiet: bool, resume_state=None) -> Path:  # noqa: ANN001
+    import signal
+
     from loadtest.progress_view import LiveView
+    from loadtest.results import DiskFullError, ResultsError
     from loadtest.runner import RunInterrupted, Sweep, new_run_dir
 
-    run = new_run_dir(plan, out_dir)
+    _preflight(plan)
+    run = resume_state.run if resume_state is not None else new_run_dir(plan, out_dir)
     with LiveView(err, enabled=not quiet) as view:
-        sweep = Sweep(plan, run, plan_source=source, on_progress=view.update)
         try:
-            sweep.execute()
-        except RunInterrupted:
-            err.print(f"interrupted: what was measured is in {run.path} (resume with --resume {run.path})")
-            _finish(run.path)
-            raise typer.Exit(130)
+            if resume_state is not None:
+                from loadtest.resume import resume
+
+                resume(resume_state, on_progress=view.update)
+            else:
+                Sweep(plan, run, plan_source=source, on_progress=view.update).execute()
+        except RunInterrupted as exc:
+            name = getattr(exc, "signal", "SIGINT")
+            code = 128 + int(getattr(signal, name, signal.SIGINT))
+            err.print(f"interrupted by {name}: every finished step is saved in {run.path}; the step in flight "
+                      f"is saved and marked incomplete.\n{_resume_hint(run.path)} "
+                      f"(or see what is there: ridgeline report {run.path})", highlight=False, soft_wrap=True)
+            raise typer.Exit(code)
         except KeyboardInterrupt:
+            err.print(f"interrupted: {_resume_hint(run.path)}", highlight=False, soft_wrap=True)
             raise typer.Exit(130)
+        except DiskFullError as exc:
+            _fail(f"{exc}\n{_resume_hint(run.path)}", code=1)
+        except ResultsError as exc:
+            _fail(f"results could not be written: {exc}", code=1)
     return run.path
 
 
@@ -77,12 +115,22 @@ def demo(
 
 @app.command()
 def run(
-    plan_file: Path = typer.Argument(..., help="plan YAML"),
+    plan_file: Optional[Path] = typer.Argument(None, help="plan YAML (with --resume: optional, checked against the run's)"),
     out_dir: Optional[str] = typer.Option(None, "--out", help="results directory root (default: the plan's output_dir)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print every server's command line and environment; start nothing"),
     quiet: bool = typer.Option(False, "--quiet", help="no live display"),
+    resume_dir: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                              help="continue an interrupted run: keep its complete steps, run the rest"),
+    force: bool = typer.Option(False, "--force", help="with --resume: accept a plan that differs from the run's"),
 ) -> None:
     """Deploy, sweep, scrape, analyse and report the plan; servers are stopped whatever happens."""
+    if resume_dir is not None:
+        _resume_run(resume_dir, plan_file, force, quiet)
+        return
+    if force:
+        _fail("--force only makes sense with --resume RUN_DIR")
+    if plan_file is None:
+        _fail("give a plan file (ridgeline run plan.yaml), or --resume RUN_DIR to continue a run")
     try:
         plan = load_plan(plan_file)
     except PlanError as exc:
@@ -94,6 +142,21 @@ def run(
             _print_command(cmd)
         return
     _finish(_execute(plan, str(plan_file), out_dir, quiet))
+
+
+def _resume_run(resume_dir: Path, plan_file: Optional[Path], force: bool, quiet: bool) -> None:
+    from loadtest.resume import ResumeError, prepare
+
+    try:
+        state = prepare(resume_dir, plan_file, force=force)
+    except (ResumeError, PlanError) as exc:
+        _fail(str(exc))
+    if state.done:
+        out.print(f"nothing to resume: every step of {state.run.path} is complete", highlight=False)
+        _finish(state.run.path)
+        return
+    err.print(state.describe(), highlight=False, soft_wrap=True)
+    _finish(_execute(state.plan, state.source, None, quiet, resume_state=state))
 
 
 def _print_command(cmd) -> None:  # noqa: ANN001
