@@ -16,6 +16,7 @@ variant, step, concurrency and rate (the one that does not apply to the step is 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -80,6 +81,7 @@ class _LiveCollector:
     def collect(self) -> Iterator[Metric]:
         x = self.x
         with x._lock:
+            x._collects = (x._collects[-1], time.time())
             cur = x._current
             frozen = dict(x._sent_done)
         sent = CounterMetricFamily(PREFIX + "requests_sent", "Requests sent by the load generator.",
@@ -135,6 +137,7 @@ class ClientExporter:
         self._sent_done: dict[tuple[str, ...], float] = {}
         self._server = None
         self._thread: Optional[threading.Thread] = None
+        self._collects: tuple[float, float] = (0.0, 0.0)  # times of the last two scrapes
         labels = list(STEP_LABELS)
         r = self.registry
         self.succeeded = Counter(PREFIX + "requests_succeeded", "Requests that ended with their last token.",
@@ -175,8 +178,18 @@ class ClientExporter:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
 
-    def stop(self) -> None:
-        """Stop serving and free the port; safe to call twice."""
+    def stop(self, linger_max_s: float = 10.0) -> None:
+        """Stop serving and free the port; safe to call twice.
+
+        If something has been scraping it, wait (up to two of its scrape intervals, at most
+        `linger_max_s`) for one more scrape, so the last requests of the run are not lost.
+        """
+        prev, last = self._collects
+        if self._server is not None and prev > 0 and linger_max_s > 0:
+            t0 = time.time()
+            deadline = t0 + min(2 * max(last - prev, 0.05), linger_max_s)
+            while self._collects[1] < t0 and time.time() < deadline:
+                time.sleep(0.05)
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()

@@ -219,3 +219,39 @@ def test_attach_feeds_from_the_control_or_the_driver_and_chains(exporter):
     s = samples(exporter.url)
     assert value(s, "ridgeline_client_output_tokens_total", variant="a", step="1", concurrency="2", rate="") == 3
     assert value(s, "ridgeline_client_output_tokens_total", variant="b", step="0", concurrency="4", rate="") == 5
+
+
+def test_stop_waits_for_one_more_scrape_when_it_is_being_scraped():
+    import threading
+    import time
+
+    x = ClientExporter(port=0).start()
+    x.begin_step("a", 0, 1, None)
+    got: list[dict] = []
+    stop = threading.Event()
+
+    def scrape_every_200ms() -> None:
+        while not stop.is_set():
+            try:
+                got.append(samples(x.url))
+            except Exception:  # noqa: BLE001 - the exporter is gone
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=scrape_every_200ms, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    x.observe(rec(variant="a", step=0, concurrency=1, output_tokens=9))  # the run's very last record
+    t0 = time.time()
+    x.stop()
+    took = time.time() - t0
+    stop.set()
+    t.join(2)
+    assert took < 1.5  # two of its scrape intervals at most, plus the server's own shutdown
+    lab = dict(variant="a", step="0", concurrency="1", rate="")
+    assert value(got[-1], "ridgeline_client_output_tokens_total", **lab) == 9
+    # never scraped: no wait at all
+    y = ClientExporter(port=0).start()
+    t0 = time.time()
+    y.stop(linger_max_s=30)
+    assert time.time() - t0 < 1.0
