@@ -24,6 +24,7 @@ def client(
                                               help="python of a vLLM install, to run vllm bench serve beside "
                                                    "(empty: skip)"),
     no_scaling: bool = typer.Option(False, "--no-scaling", help="skip the 1 vs 2 worker processes run"),
+    server_procs: int = typer.Option(1, "--server-procs", help="null server processes sharing its port"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write every figure to this JSON file"),
 ) -> None:
     """Token events/s per core, timing error (p50/p99) at 64-512 streams, scaling over workers; vs vllm bench serve."""
@@ -35,7 +36,8 @@ def client(
         err.print(f"[bold red]error:[/] --streams takes numbers separated by commas, got {streams!r}")
         raise typer.Exit(2)
     cfg = BenchConfig(streams=levels, parse_seconds=seconds, timing_seconds=seconds, ttft_ms=ttft_ms, gap_ms=gap_ms,
-                      vllm_python=vllm_python or None, skip_scaling=no_scaling)
+                      vllm_python=vllm_python or None, skip_scaling=no_scaling,
+                      server_procs=server_procs)
     if cfg.vllm_python and not Path(cfg.vllm_python).exists():
         err.print(f"{cfg.vllm_python} not found: measuring ridgeline alone")
         cfg.vllm_python = None

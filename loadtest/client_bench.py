@@ -56,6 +56,7 @@ class BenchConfig:
     scaling_seconds: float = 5.0
     vllm_python: Optional[str] = VLLM_PYTHON
     skip_scaling: bool = False
+    server_procs: int = 1  # null server processes sharing the port (so the server is not what lags)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -74,14 +75,29 @@ def timing_errors(ttfts: list[float], itls: list[list[float]], ttft_s: float, ga
     return {"ttft": percentiles_ms(t), "gap": percentiles_ms(g)}
 
 
-def _null_server(tmp: Path, ttft_ms: float = 0.0, gap_ms: float = 0.0):  # noqa: ANN202
+_REUSE_PORT_SERVER = ("import sys\nfrom aiohttp import web\nfrom deploy.null_server import NullServer\n"
+                      "port, ttft, gap = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])\n"
+                      "web.run_app(NullServer(0, ttft, gap).app(), host='127.0.0.1', port=port, reuse_port=True,"
+                      " print=None, access_log=None)\n")
+
+
+def _null_servers(tmp: Path, ttft_ms: float = 0.0, gap_ms: float = 0.0, procs: int = 1) -> list:
+    """The null server; with procs > 1, that many processes sharing one port (SO_REUSEPORT)."""
     from deploy import launcher
 
     port = launcher.free_port()
-    cmd = launcher.ServerCommand("null", [sys.executable, "-m", "deploy.null_server", "--port", str(port),
-                                          "--events", "0", "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms)],
-                                 port=port, startup_timeout_s=30)
-    return launcher.start(cmd, tmp / f"null-{port}.log")
+    if procs <= 1:
+        argv = [sys.executable, "-m", "deploy.null_server", "--port", str(port), "--events", "0",
+                "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms)]
+        return [launcher.start(launcher.ServerCommand("null", argv, port=port, startup_timeout_s=30),
+                               tmp / f"null-{port}.log")]
+    out = []
+    for i in range(procs):
+        argv = [sys.executable, "-c", _REUSE_PORT_SERVER, str(port), str(ttft_ms / 1000), str(gap_ms / 1000)]
+        out.append(launcher.start(launcher.ServerCommand("null", argv, port=port, startup_timeout_s=30),
+                                  tmp / f"null-{port}-{i}.log"))
+    time.sleep(0.5)  # /health answered by the first one says nothing of the others
+    return out
 
 
 def _run_json(argv: list[str], timeout: float, env: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -307,10 +323,11 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
                                                                       "python": sys.version.split()[0]}}
     servers = []
     try:
-        fast = _null_server(work)
-        servers.append(fast)
-        timed = _null_server(work, cfg.ttft_ms, cfg.gap_ms)
-        servers.append(timed)
+        fast_procs = _null_servers(work, procs=cfg.server_procs)
+        servers += fast_procs
+        timed_procs = _null_servers(work, cfg.ttft_ms, cfg.gap_ms, procs=cfg.server_procs)
+        servers += timed_procs
+        fast, timed = fast_procs[0], timed_procs[0]
         have_vllm = bool(cfg.vllm_python) and Path(cfg.vllm_python).exists()
         tok = make_tokenizer(work / "tok") if have_vllm else None
 
