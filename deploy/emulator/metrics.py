@@ -129,6 +129,13 @@ class EmulatorMetrics:
                               ["gpu", "gpu_name"], registry=reg).labels(gpu_index, gpu.name)
         Gauge("ridgeline_emulator:info", "What this emulator models (value 1).", list(emulated),
               registry=reg).labels(**emulated).set(1)
+        self.lateness = Histogram("ridgeline_emulator:step_lateness_seconds",
+                                  "How late the emulator's engine steps ended against the model (host load).",
+                                  buckets=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5],
+                                  registry=reg)
+        self.slips = Counter("ridgeline_emulator:clock_slips",
+                             "Steps the emulator started late because its host fell behind the model.",
+                             registry=reg)
         self.power.set(gpu.idle_w)
         self._power_ema = gpu.idle_w
         self._last_t: float | None = None

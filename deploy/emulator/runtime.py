@@ -68,6 +68,14 @@ class AsyncEngine:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        self._fail_all("the server is shutting down")
+
+    def _fail_all(self, message: str) -> None:
+        """End every request still in the engine with an error (it will never be served)."""
+        for req in list(self.core.running) + list(self.core.waiting):
+            self.core.abort(req)
+            if req.sink is not None:
+                req.sink.fail(message)
 
     def now(self) -> float:
         assert self._loop is not None
@@ -106,6 +114,17 @@ class AsyncEngine:
 
     # --- the loop
     async def _run(self) -> None:
+        while True:
+            try:
+                await self._loop_steps()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - an engine bug must not hang every client
+                log.exception("engine step failed; failing the requests in flight")
+                self._fail_all("internal error in the emulated engine")
+
+    async def _loop_steps(self) -> None:
         core = self.core
         prev_end: Optional[float] = None
         while True:
@@ -130,6 +149,7 @@ class AsyncEngine:
                 t_start = max(prev_end, now - self.max_lag_s)
                 if t_start > prev_end:
                     self.drift.slips += 1
+                    self.metrics.slips.inc()
             core.mark_scheduled(step, t_start)
             self._publish_state()
             dur = step.timing.time_s
@@ -137,7 +157,9 @@ class AsyncEngine:
             delay = t_end - self.now()
             if delay > 0:
                 await asyncio.sleep(delay)
-            self.drift.add(max(self.now() - t_end, 0.0), dur)
+            late = max(self.now() - t_end, 0.0)
+            self.drift.add(late, dur)
+            self.metrics.lateness.observe(late)
             out = core.complete(step, t_end)
             self.metrics.on_step(step, out, t_start, t_end, core.num_preemptions - pre_preempt,
                                  core.prefix_queries_total - pre_q, core.prefix_hits_total - pre_h)

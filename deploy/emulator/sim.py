@@ -10,10 +10,10 @@ from __future__ import annotations
 import heapq
 import statistics
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from deploy.catalog import GPUSpec, ModelSpec, get_gpu, load_model
-from deploy.emulator.engine import EngineConfig, EngineCore, FrontendQueue, Request
+from deploy.emulator.engine import BLOCK_SIZE, EngineConfig, EngineCore, FrontendQueue, Request
 from deploy.emulator.perf_model import DEFAULT_CALIBRATION, Calibration, PerfModel
 from deploy.roofline import kv_capacity_tokens
 
@@ -33,6 +33,8 @@ class SimResult:
     num_preemptions: int
     steps: int
     max_running: int
+    end_time: float = 0.0
+    prefix_hits: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -67,14 +69,28 @@ def build_core(model: ModelSpec, gpu: GPUSpec, weights: str, kv_cache_dtype: str
     return EngineCore(cfg, perf, seed=seed)
 
 
+def prompt_hashes(prompt_id: int, prompt_len: int) -> tuple[int, ...]:
+    """Block hashes of the synthetic prompt number `prompt_id` (same id, same tokens, same hashes)."""
+    out, h = [], 0
+    for j in range(prompt_len // BLOCK_SIZE):
+        h = hash((h, prompt_id, j))
+        out.append(h)
+    return tuple(out)
+
+
 def simulate_closed_loop(core: EngineCore, concurrency: int, num_prompts: int, prompt_len: int = 512,
-                         output_len: int = 256, frontend_s: Optional[float] = None) -> SimResult:
+                         output_len: int = 256, frontend_s: Optional[float] = None,
+                         prompt_ids: Optional[Sequence[int]] = None, t0: float = 0.0) -> SimResult:
     """`num_prompts` requests, at most `concurrency` in flight, each sent the moment a slot frees.
 
-    Random prompts (no shared prefix), ignore_eos: every request generates exactly `output_len`.
+    ignore_eos: every request generates exactly `output_len`. Without `prompt_ids` every prompt is
+    distinct and uncached; with them, request i sends prompt `prompt_ids[i]`, so prompts seen before
+    on the same core hit the prefix cache. The clock starts at `t0` (a core carried over from an
+    earlier run keeps its own time).
     """
     if concurrency <= 0 or num_prompts <= 0:
         raise ValueError("concurrency and num_prompts must be positive")
+    steps0 = core.steps
     cal = core.perf.cal
     frontend = FrontendQueue(cal.frontend_req_s, cal.frontend_token_s,
                              cal.frontend_s if frontend_s is None else frontend_s)
@@ -86,15 +102,17 @@ def simulate_closed_loop(core: EngineCore, concurrency: int, num_prompts: int, p
     def send(t: float) -> None:
         nonlocal sent
         ta = frontend.admit_time(t)
-        req = Request(request_id=str(sent), prompt_len=prompt_len, max_tokens=output_len, arrival_time=ta, http_time=t)
+        hashes = prompt_hashes(prompt_ids[sent], prompt_len) if prompt_ids is not None else ()
+        req = Request(request_id=str(sent), prompt_len=prompt_len, max_tokens=output_len, arrival_time=ta,
+                      http_time=t, block_hashes=hashes)
         send_time[id(req)] = t
         token_times[id(req)] = []
         heapq.heappush(arrivals, (ta, sent, req))
         sent += 1
 
     for _ in range(min(concurrency, num_prompts)):
-        send(0.0)
-    t = 0.0
+        send(t0)
+    t = t0
     done: list[Request] = []
     max_running = 0
     while len(done) < num_prompts:
@@ -128,14 +146,15 @@ def simulate_closed_loop(core: EngineCore, concurrency: int, num_prompts: int, p
         itl.extend(b - a for a, b in zip(tt, tt[1:]))
         if len(tt) > 1:
             tpot.append((tt[-1] - tt[0]) / (len(tt) - 1))
-    duration = max(token_times[id(r)][-1] for r in done)
+    end = max(token_times[id(r)][-1] for r in done)
+    duration = end - t0
     return SimResult(
         concurrency=concurrency, num_prompts=num_prompts, duration_s=duration,
         output_throughput=out_tokens / duration, median_ttft_ms=statistics.median(ttft) * 1e3,
         median_itl_ms=statistics.median(itl) * 1e3 if itl else 0.0,
         median_tpot_ms=statistics.median(tpot) * 1e3 if tpot else 0.0,
-        mean_ttft_ms=statistics.fmean(ttft) * 1e3, num_preemptions=core.num_preemptions, steps=core.steps,
-        max_running=max_running,
+        mean_ttft_ms=statistics.fmean(ttft) * 1e3, num_preemptions=core.num_preemptions, steps=core.steps - steps0,
+        max_running=max_running, end_time=end, prefix_hits=core.prefix_hits_total,
     )
 
 

@@ -1,0 +1,63 @@
+"""Calibration check: the emulated H100 (simulated time) against vLLM 0.24.0 measured on a real H100.
+
+Runs the emulator's scheduler and perf model in a discrete-event loop driven like the anchors
+(`vllm bench serve`: closed loop, 512 prompt / 256 output tokens, ignore_eos, num_prompts =
+max(12, 4 x C), 768 at C=256) and prints predicted vs measured output tokens/s, median TTFT, ITL and
+TPOT with the error, then the speedups over fp16. The "fp16-as-gptq" rows compare fp16 with the
+anchors' "gptq" files, which served fp16 weights. Also prints a few other GPUs and models.
+
+    python benchmarks/emulator_calibration.py [--calibration '{"step_overhead_s": 0.001}']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deploy.emulator.calibration import check, format_speedups, format_table  # noqa: E402
+from deploy.emulator.perf_model import Calibration  # noqa: E402
+from deploy.emulator.sim import run_point  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calibration", default=None, help="JSON object overriding perf-model constants")
+    ap.add_argument("--tolerance", type=float, default=0.15)
+    a = ap.parse_args()
+    cal = Calibration().with_overrides(json.loads(a.calibration) if a.calibration else None)
+    t0 = time.perf_counter()
+    rows = check(cal, variants=("fp16", "awq", "gptq", "fp8kv", "fp16-as-gptq"), concurrencies=(1, 4, 16, 64, 128, 256))
+    print(format_table([r for r in rows if r.anchor or r.variant in ("gptq",) or r.concurrency == 128]))
+    print()
+    print(format_speedups([r for r in rows if r.variant != "fp16-as-gptq"]))
+    errs = [(r.variant, r.concurrency, k, r.error(k)) for r in rows for k in ("tok_s", "ttft_ms", "itl_ms")
+            if r.error(k) is not None]
+    worst = max(errs, key=lambda e: abs(e[3]))
+    over = [e for e in errs if abs(e[3]) > a.tolerance]
+    print()
+    print(f"{len(errs)} anchored figures (tok/s, median TTFT, median ITL); worst {worst[0]} C={worst[1]} {worst[2]} "
+          f"{100 * worst[3]:+.1f}%; {len(over)} beyond {100 * a.tolerance:.0f}%: "
+          + (", ".join(f"{v} C={c} {k} {100 * e:+.0f}%" for v, c, k, e in over) or "none"))
+    print()
+    print("Other GPUs and models (fp16 unless named, 512/256 tokens, output tok/s at C=1 / 64 / 256):")
+    for gpu, model, w in [("h100-sxm", "llama-3-8b", "fp16"), ("h200", "llama-3-8b", "fp16"),
+                          ("a100-80gb", "llama-3-8b", "fp16"), ("l40s", "llama-3-8b", "fp16"),
+                          ("l4", "llama-3-8b", "awq"), ("rtx-4090", "llama-3-8b", "awq"),
+                          ("h100-sxm", "qwen2.5-7b", "fp16"), ("h100-sxm", "llama-3-70b", "awq"),
+                          ("h200", "llama-3-70b", "awq"), ("a100-80gb", "llama-3-8b", "awq")]:
+        cells = []
+        for c in (1, 64, 256):
+            r = run_point(w, "auto", c, gpu=gpu, model=model, calibration=cal, num_prompts=max(12, 2 * c),
+                          max_model_len=4096)
+            cells.append(f"{r.output_throughput:.0f}")
+        print(f"  {gpu:10s} {model:12s} {w:5s} " + " / ".join(cells))
+    print(f"\n({time.perf_counter() - t0:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

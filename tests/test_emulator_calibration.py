@@ -1,0 +1,69 @@
+"""The perf model against the H100 anchors, in simulated time: the story the emulator must tell."""
+
+import pytest
+
+from deploy.emulator.calibration import ANCHORS, check, speedups
+from deploy.emulator.sim import run_point
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return check(variants=("fp16", "awq", "gptq", "fp8kv"), concurrencies=(1, 4, 16, 64, 128, 256))
+
+
+def test_int4_gain_at_low_concurrency_fades_by_128(rows):
+    sp = speedups(rows)
+    for v in ("awq", "gptq"):
+        assert 1.4 <= sp[(v, 1)] <= 2.5, (v, sp[(v, 1)])
+        assert min(sp[(v, c)] for c in (4, 16, 64, 128)) < 1.2, [sp[(v, c)] for c in (4, 16, 64, 128)]
+        assert sp[(v, 1)] > sp[(v, 16)] > sp[(v, 64)]
+
+
+def test_gptq_behaves_like_awq(rows):
+    sp = speedups(rows)
+    for c in (1, 4, 16, 64, 128, 256):
+        assert sp[("gptq", c)] == pytest.approx(sp[("awq", c)], rel=0.05)
+
+
+def test_fp8_kv_costs_a_little_alone_and_pays_at_high_concurrency(rows):
+    sp = speedups(rows)
+    assert abs(sp[("fp8kv", 1)] - 1.0) <= 0.05
+    assert sp[("fp8kv", 1)] < 1.0  # the conversion is not free
+    assert sp[("fp8kv", 256)] > 1.05
+
+
+def test_anchored_throughput_and_itl_within_15_percent(rows):
+    checked = 0
+    for r in rows:
+        if r.anchor is None:
+            continue
+        for key in ("tok_s", "itl_ms"):
+            err = r.error(key)
+            if err is not None:
+                checked += 1
+                assert abs(err) <= 0.15, (r.variant, r.concurrency, key, err)
+    assert checked >= 20
+    # and time to first token on an idle server
+    for r in rows:
+        if r.concurrency == 1 and r.anchor:
+            assert abs(r.error("ttft_ms")) <= 0.15, (r.variant, r.error("ttft_ms"))
+            assert 20 <= r.predicted.median_ttft_ms <= 26
+
+
+def test_anchor_table_is_the_measured_one():
+    assert ANCHORS[("awq", 1)]["tok_s"] / ANCHORS[("fp16", 1)]["tok_s"] == pytest.approx(1.56, abs=0.01)
+    assert ANCHORS[("fp8kv", 256)]["tok_s"] / ANCHORS[("fp16", 256)]["tok_s"] == pytest.approx(1.12, abs=0.01)
+
+
+def test_other_gpus_and_models_are_physically_consistent():
+    def tps(gpu, model="llama-3-8b", w="fp16", c=1):
+        return run_point(w, "auto", c, gpu=gpu, model=model, num_prompts=max(12, c), max_model_len=4096,
+                         output_len=64).output_throughput
+
+    h100, a100, h200, l4 = tps("h100-sxm"), tps("a100-80gb"), tps("h200"), tps("l4", w="awq")
+    assert a100 < h100 < h200
+    assert l4 < a100
+    assert tps("h200", "llama-3-70b", "awq") < tps("h200", "llama-3-8b", "awq") / 4
+    assert tps("a100-80gb", c=64) < tps("h100-sxm", c=64)
+    # on a GPU with far less bandwidth per FLOP the INT4 gain at C=1 is at least as large
+    assert tps("a100-80gb", w="awq") / a100 > 1.4
