@@ -33,6 +33,7 @@ from loadtest.secrets import read_api_key, redact_obj, scrub_file
 from loadtest.exporter import ClientExporter, exporter_for
 from loadtest.prom_reader import step_series
 from loadtest.scraper import Scraper
+from loadtest.telemetry import GpuSampler, Telemetry, write_telemetry
 from scenarios.openai_stream import Timeouts
 from scenarios.workload import build_workload
 
@@ -121,6 +122,8 @@ class Sweep:
         self._servers: dict[str, launcher.Server] = {}
         self._commands = commands
         self._proc = psutil.Process()
+        self.telemetry = Telemetry(plan, self.manifest)
+        self._samplers: dict[str, GpuSampler] = {}
         self._interrupted: Optional[str] = None
         self._secrets = [self.key] if self.key else []
         self._main: Optional[greenlet.greenlet] = None  # the greenlet running execute()
@@ -152,6 +155,12 @@ class Sweep:
         if server is not None:
             launcher.stop(server)
             scrub_file(server.log_path, self._secrets)  # a server may log what it was sent
+
+    def _gpu_sampler(self, cmd: launcher.ServerCommand) -> GpuSampler:
+        """The GPU telemetry sampler of a variant's server, opened on its first step."""
+        if cmd.variant not in self._samplers:
+            self._samplers[cmd.variant] = self.telemetry.sampler(cmd.variant, cmd.url, cmd.argv, cmd.env, self.headers)
+        return self._samplers[cmd.variant]
 
     def stop_all(self) -> None:
         for v in list(self._servers):
@@ -222,6 +231,7 @@ class Sweep:
             self.stop_all()
             if self.exporter is not None:
                 self.exporter.stop()
+            self.telemetry.close()
             for s, h in old.items():
                 signal.signal(s, h)
             self._main = None
@@ -335,6 +345,9 @@ class Sweep:
         scraper = Scraper(cmd.url + "/metrics", cmd.variant, headers=self.headers,
                           timeout=self.plan.scrape.timeout_s, interval=self.plan.scrape.interval_s)
         scraper.new_step(lv.index)
+        gpu = self._gpu_sampler(cmd)
+        gpu.new_step(lv.index)
+        gpu.poll(force=True)
         window_start = t_start + sw.warmup_s
         by_count = sw.requests is not None
         window_end = None if by_count else window_start + sw.duration_s
@@ -357,6 +370,7 @@ class Sweep:
         try:
             while True:
                 now = time.time()
+                gpu.poll(now)
                 if now >= next_cpu:
                     # with workers, the busiest worker process counts too
                     cpu_max = max(cpu_max, self._proc.cpu_percent(None),
@@ -377,6 +391,7 @@ class Sweep:
                     if driver.in_flight() == 0 or now >= drain_deadline:
                         break
                 gevent.sleep(0.05)
+            gpu.poll(force=True)
         finally:
             self._shielded = True  # a signal now waits until the step is on disk
             scraper.stop(final=self.plan.scrape.direct)
@@ -406,6 +421,9 @@ class Sweep:
             if warn:
                 self.manifest["warnings"].append(warn)
             self.run.write_metrics(cmd.variant, lv.index, series)
+            if gpu.active:
+                write_telemetry(self.run, cmd.variant, lv.index, gpu.table())
+                self.telemetry.finish(gpu)
             if died:
                 info.status, info.error = STEP_FAILED, died
             elif self._interrupted is None:

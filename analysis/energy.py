@@ -1,0 +1,398 @@
+"""Energy per step: what each variant's tokens cost in joules, from the run's GPU telemetry.
+
+A quantized variant that is 1.2x faster but draws 30% more power is not cheaper, so the report
+needs joules next to tokens. Per step this module gives mean and max power, the energy of the
+measured window (from the cumulative energy counter, which is exact across missing samples;
+integrated power where there is no counter or a stretch of it cannot be trusted), output tokens
+per joule, tokens per second per GPU, and whether the clocks were throttled (such a step is not
+comparable with the others).
+
+Public: `energy_table(run_dir)`, `energy_sentence(table, variant, baseline)`,
+`energy_sentences(table, baseline)`, `plot_energy(table, path)`, `write_energy(run_dir)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from loadtest import telemetry as tm
+from loadtest.results import RunDir, atomic_write_table, atomic_write_text
+
+# A counter jump that implies more than this per GPU is a reset or a glitch, not energy.
+MAX_PLAUSIBLE_W = 5000.0
+# Counters wrap at a power of two of their native unit (mJ); values here are in joules.
+WRAP_MODULI_J = (2.0**32 * 1e-3, 2.0**32, 2.0**64 * 1e-3)
+# Power samples further apart than this many median intervals leave the stretch uncovered.
+GAP_FACTOR = 3.0
+# Below this share of the window covered by telemetry, a step's energy is not comparable.
+MIN_COVERAGE = 0.8
+
+COLUMNS = [
+    "variant", "step", "repeat", "concurrency", "rate", "level", "status", "source", "gpus",
+    "window_s", "output_tokens", "energy_j", "energy_method", "coverage", "mean_power_w",
+    "max_power_w", "tokens_per_joule", "joules_per_token", "tokens_per_s", "tokens_per_s_per_gpu",
+    "mean_util_percent", "mean_sm_clock_mhz", "max_temperature_c", "power_capped_share",
+    "throttled", "throttle_reasons", "comparable",
+]
+
+
+@dataclass(frozen=True)
+class Energy:
+    """Joules in a window, how they were found, and the share of the window the samples covered."""
+
+    joules: float
+    coverage: float  # 0..1
+    method: str  # counter | power | none
+
+
+# --- one series, one window ---------------------------------------------------------------------
+
+def _clean(t: Sequence[float], v: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(t, dtype=float)
+    v = np.asarray(v, dtype=float)
+    ok = np.isfinite(t) & np.isfinite(v)
+    t, v = t[ok], v[ok]
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    if len(t) > 1:  # two readings at one instant: keep the last
+        keep = np.append(np.diff(t) > 0, True)
+        t, v = t[keep], v[keep]
+    return t, v
+
+
+def _overlap(a0: np.ndarray, a1: np.ndarray, t0: float, t1: float) -> np.ndarray:
+    return np.clip(np.minimum(a1, t1) - np.maximum(a0, t0), 0.0, None)
+
+
+def power_energy(t: Sequence[float], watts: Sequence[float], t0: float, t1: float) -> Energy:
+    """Integrate power over [t0, t1]: linear between samples, the nearest sample beyond the ends.
+
+    Coverage counts the window time between samples no further apart than GAP_FACTOR median
+    intervals; a longer gap is bridged linearly but not counted as covered.
+    """
+    ts, ps = _clean(t, watts)
+    span = t1 - t0
+    if span <= 0 or len(ts) == 0:
+        return Energy(math.nan, 0.0, "none")
+    grid = np.unique(np.concatenate(([t0, t1], ts[(ts > t0) & (ts < t1)])))
+    pw = np.interp(grid, ts, ps)
+    joules = float(np.sum((pw[1:] + pw[:-1]) * 0.5 * np.diff(grid)))
+    if len(ts) < 2:
+        return Energy(joules, 0.0, "power")
+    dt = np.diff(ts)
+    limit = GAP_FACTOR * float(np.median(dt))
+    good = dt <= limit
+    covered = float(np.sum(_overlap(ts[:-1][good], ts[1:][good], t0, t1)))
+    return Energy(joules, min(covered / span, 1.0), "power")
+
+
+def counter_increase(t: np.ndarray, v: np.ndarray, max_watts: float = MAX_PLAUSIBLE_W,
+                     moduli: Sequence[float] = WRAP_MODULI_J) -> np.ndarray:
+    """Per-interval increase of a cumulative counter; NaN where the interval cannot be trusted.
+
+    A decrease is a wrap when adding one of `moduli` gives a physically plausible increase
+    (at most max_watts over the interval), else a reset (NaN: the interval is filled elsewhere).
+    An increase above max_watts is a glitch (NaN).
+    """
+    d = np.diff(v)
+    dt = np.diff(t)
+    out = d.copy()
+    for i in np.nonzero(d < 0)[0]:
+        out[i] = math.nan
+        for m in moduli:
+            w = d[i] + m
+            if v[i] < m and 0 <= w <= max_watts * dt[i]:
+                out[i] = w
+                break
+    with np.errstate(invalid="ignore"):
+        out[(out > max_watts * dt)] = math.nan
+    return out
+
+
+def counter_energy(t: Sequence[float], joules_total: Sequence[float], t0: float, t1: float,
+                   power_t: Optional[Sequence[float]] = None, power_w: Optional[Sequence[float]] = None,
+                   max_watts: float = MAX_PLAUSIBLE_W, moduli: Sequence[float] = WRAP_MODULI_J) -> Energy:
+    """Energy in [t0, t1] from a cumulative counter (joules), spread linearly within intervals.
+
+    Missing samples cost nothing (a counter integrates between any two readings). Intervals that
+    cannot be trusted (reset, glitch) are filled from the power samples when given, else from the
+    mean power of the trusted intervals. Window time beyond the first or last reading is
+    extrapolated at the mean power seen and lowers the coverage.
+    """
+    ts, vs = _clean(t, joules_total)
+    span = t1 - t0
+    if span <= 0 or len(ts) < 2:
+        return Energy(math.nan, 0.0, "none")
+    inc = counter_increase(ts, vs, max_watts, moduli)
+    a0, a1 = ts[:-1], ts[1:]
+    ov = _overlap(a0, a1, t0, t1)
+    good = np.isfinite(inc)
+    joules = float(np.sum(inc[good] * ov[good] / (a1[good] - a0[good])))
+    covered = float(np.sum(ov[good]))
+    bad = (~good) & (ov > 0)
+    have_power = power_t is not None and power_w is not None and len(power_t) > 0
+    for i in np.nonzero(bad)[0]:
+        lo, hi = max(a0[i], t0), min(a1[i], t1)
+        if have_power:
+            e = power_energy(power_t, power_w, lo, hi)
+            if math.isfinite(e.joules):
+                joules += e.joules
+                covered += e.coverage * (hi - lo)
+                continue
+        # nothing better: the mean power of what was trusted, uncovered
+        if covered > 0:
+            joules += joules / covered * (hi - lo)
+    if covered <= 0:
+        return Energy(math.nan, 0.0, "none")
+    inside = float(np.sum(ov))  # window time between the first and last reading
+    if inside < span:
+        joules += joules / covered * (span - inside) if covered > 0 else 0.0
+    return Energy(joules, min(covered / span, 1.0), "counter")
+
+
+def gpu_energy(samples: pd.DataFrame, t0: float, t1: float) -> Energy:
+    """One GPU's energy in the window: the counter when it has two readings, else integrated power."""
+    e = samples[samples.metric == tm.ENERGY]
+    p = samples[samples.metric == tm.POWER]
+    if len(e) >= 2:
+        got = counter_energy(e.time.values, e.value.values, t0, t1, p.time.values, p.value.values)
+        if math.isfinite(got.joules):
+            return got
+    if len(p):
+        return power_energy(p.time.values, p.value.values, t0, t1)
+    return Energy(math.nan, 0.0, "none")
+
+
+# --- tokens in a window -------------------------------------------------------------------------
+
+def window_tokens(requests: pd.DataFrame, t0: float, t1: float) -> float:
+    """Output tokens that arrived in [t0, t1], from each request's token-event times.
+
+    A streamed event can carry several tokens: each event counts output_tokens / token_events
+    of its request when both are known, else one.
+    """
+    if requests.empty:
+        return 0.0
+    total = 0.0
+    for send, ttft, gaps, out_tok, events in zip(requests.send_time.values, requests.ttft_s.values,
+                                                  requests.itl_s.values, requests.output_tokens.values,
+                                                  requests.token_events.values):
+        if ttft is None or not np.isfinite(ttft):
+            continue
+        g = np.asarray(gaps if gaps is not None else [], dtype=float)
+        times = send + ttft + np.concatenate(([0.0], np.cumsum(g)))
+        n = int(np.count_nonzero((times >= t0) & (times <= t1)))
+        w = 1.0
+        if out_tok is not None and events and np.isfinite(out_tok) and events > 0:
+            w = float(out_tok) / float(events)
+        total += n * w
+    return total
+
+
+# --- the per-step table -------------------------------------------------------------------------
+
+def _window(step: dict) -> tuple[Optional[float], Optional[float]]:
+    t0 = step.get("window_start") or step.get("started")
+    t1 = step.get("window_end") or step.get("ended")
+    if t0 is None or t1 is None or t1 <= t0:
+        return None, None
+    return float(t0), float(t1)
+
+
+def _step_row(step: dict, tel: pd.DataFrame, req: pd.DataFrame) -> dict:
+    t0, t1 = _window(step)
+    level = step.get("concurrency") if step.get("concurrency") is not None else step.get("rate")
+    row = {c: None for c in COLUMNS}
+    row.update(variant=step["variant"], step=int(step["step"]), repeat=int(step.get("repeat") or 0),
+               concurrency=step.get("concurrency"), rate=step.get("rate"), level=level,
+               status=step.get("status"), throttled=False, comparable=False)
+    if t0 is None:
+        return row
+    window = t1 - t0
+    tel = tel[tel.metric != tm.GAP]
+    gpus = sorted(set(tel.gpu.dropna()), key=lambda g: (len(g), g))
+    sources = sorted(set(tel.source.dropna()))
+    tokens = window_tokens(req, t0, t1)
+    row.update(window_s=window, output_tokens=tokens, gpus=len(gpus) or None,
+               source=",".join(sources) or None, tokens_per_s=tokens / window)
+    if gpus:
+        row["tokens_per_s_per_gpu"] = tokens / window / len(gpus)
+    energies = [gpu_energy(tel[tel.gpu == g], t0, t1) for g in gpus]
+    energies = [e for e in energies if math.isfinite(e.joules)]
+    if energies and len(energies) == len(gpus):
+        joules = sum(e.joules for e in energies)
+        methods = sorted({e.method for e in energies})
+        row.update(energy_j=joules, energy_method=methods[0] if len(methods) == 1 else "mixed",
+                   coverage=min(e.coverage for e in energies), mean_power_w=joules / window)
+        if joules > 0:
+            row["tokens_per_joule"] = tokens / joules
+            row["joules_per_token"] = joules / tokens if tokens > 0 else None
+    inwin = tel[(tel.time >= t0) & (tel.time <= t1)]
+    power = inwin[inwin.metric == tm.POWER]
+    if len(power):
+        row["max_power_w"] = float(power.groupby("time").value.sum().max())
+    for col, metric, how in (("mean_util_percent", tm.UTIL, "mean"), ("mean_sm_clock_mhz", tm.SM_CLOCK, "mean"),
+                             ("max_temperature_c", tm.TEMP, "max")):
+        vals = inwin[inwin.metric == metric].value
+        if len(vals):
+            row[col] = float(getattr(vals, how)())
+    reasons = inwin[inwin.metric == tm.CLOCK_REASONS].value.astype("int64")
+    if len(reasons):
+        masks = reasons.values
+        hit = int(np.bitwise_or.reduce(masks & tm.THROTTLE_MASK))
+        row["throttled"] = hit != 0
+        row["throttle_reasons"] = ",".join(tm.reasons_text(hit)) or None
+        row["power_capped_share"] = float(np.mean((masks & tm.POWER_CAP_MASK) != 0))
+    viol = tel[tel.metric == tm.THERMAL_VIOLATION]
+    for _, g in viol.groupby("gpu"):
+        g = g.sort_values("time")
+        before = g[g.time <= t0].value
+        after = g[g.time >= t1].value
+        if len(before) and len(after) and after.iloc[0] > before.iloc[-1]:
+            row["throttled"] = True
+            row["throttle_reasons"] = ",".join(filter(None, [row["throttle_reasons"], "thermal_violation"]))
+    row["comparable"] = bool(
+        row["status"] == "complete" and not row["throttled"] and row["energy_j"] is not None
+        and (row["coverage"] or 0.0) >= MIN_COVERAGE and tokens > 0)
+    return row
+
+
+_REQ_COLUMNS = ["variant", "step", "send_time", "ttft_s", "itl_s", "output_tokens", "token_events"]
+
+
+def energy_table(run_dir: Union[str, Path, RunDir]) -> pd.DataFrame:
+    """One row per step of the run (COLUMNS); energy columns are empty where there was no telemetry."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    steps = run.read_manifest().get("steps", [])
+    tel = tm.read_telemetry(run)
+    if not len(tel) or not steps:
+        return pd.DataFrame(columns=COLUMNS)
+    req = run.read_requests(columns=_REQ_COLUMNS)
+    tel_by = dict(tuple(tel.groupby(["variant", "step"])))
+    req_by = dict(tuple(req.groupby(["variant", "step"])))
+    empty_t, empty_r = tel.iloc[0:0], req.iloc[0:0]
+    rows = [_step_row(s, tel_by.get((s["variant"], s["step"]), empty_t), req_by.get((s["variant"], s["step"]), empty_r))
+            for s in steps]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values(["variant", "step"], kind="stable").reset_index(drop=True)
+
+
+# --- sentences and charts -----------------------------------------------------------------------
+
+def _by_level(table: pd.DataFrame, variant: str) -> pd.DataFrame:
+    t = table[(table.variant == variant) & table.comparable.astype(bool)]
+    t = t[t.joules_per_token.notna() & t.tokens_per_s.notna()]
+    if t.empty:
+        return t
+    return t.groupby("level")[["tokens_per_s", "joules_per_token", "mean_power_w"]].median()
+
+
+def _level_text(table: pd.DataFrame, level: float) -> str:
+    rates = table.rate.notna() & table.concurrency.isna()
+    if rates.any() and not table.concurrency.notna().any():
+        return f"at {level:g} req/s"
+    return f"at concurrency {int(level)}"
+
+
+def energy_sentence(table: pd.DataFrame, variant: str, baseline: str, level: Optional[float] = None) -> Optional[str]:
+    """e.g. 'awq at concurrency 64 gives 1.16x the tokens of fp16 for 18% less energy per token ...'.
+
+    Uses comparable steps only (complete, not throttled, covered); `level` defaults to the highest
+    level both variants reached. None when there is nothing comparable to say.
+    """
+    v, b = _by_level(table, variant), _by_level(table, baseline)
+    common = sorted(set(v.index) & set(b.index))
+    if not common:
+        return None
+    if level is None:
+        level = common[-1]
+    elif level not in common:
+        return None
+    tv, tb = v.loc[level], b.loc[level]
+    speed = tv.tokens_per_s / tb.tokens_per_s
+    change = tv.joules_per_token / tb.joules_per_token - 1.0
+    pct = round(abs(change) * 100)
+    if pct == 0:
+        energy = "the same energy per token"
+    else:
+        energy = f"{pct}% {'less' if change < 0 else 'more'} energy per token"
+    sources = set(",".join(table[table.variant.isin([variant, baseline])].source.dropna()).split(",")) - {""}
+    how = "modelled power, not measured" if sources == {"modelled"} else ("measured by " + "+".join(sorted(sources)))
+    return (f"{variant} {_level_text(table, level)} gives {speed:.2f}x the tokens of {baseline} for {energy} "
+            f"({tv.joules_per_token:.3g} vs {tb.joules_per_token:.3g} J/token; {how})")
+
+
+def energy_sentences(table: pd.DataFrame, baseline: str) -> list[str]:
+    """One sentence per non-baseline variant with comparable steps, plus a note on throttled steps."""
+    out = []
+    for variant in dict.fromkeys(table.variant):
+        if variant == baseline:
+            continue
+        s = energy_sentence(table, variant, baseline)
+        if s:
+            out.append(s)
+    throttled = table[table.throttled.astype(bool)]
+    if len(throttled):
+        which = ", ".join(f"{r.variant} step {r.step}" for r in throttled.itertuples())
+        out.append(f"clocks were throttled in {which}: those steps are left out of the energy comparison")
+    return out
+
+
+def plot_energy(table: pd.DataFrame, path: Union[str, Path]) -> Optional[Path]:
+    """Mean power and output tokens per joule against load, one line per variant; None if no energy."""
+    t = table[table.energy_j.notna()]
+    if t.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate_mode = not t.concurrency.notna().any()
+    fig, (ax_p, ax_e) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for variant, g in t.groupby("variant", sort=False):
+        g = g.groupby("level")[["mean_power_w", "tokens_per_joule"]].median().sort_index()
+        ax_p.plot(g.index, g.mean_power_w, marker="o", label=variant)
+        ax_e.plot(g.index, g.tokens_per_joule, marker="o", label=variant)
+        bad = t[(t.variant == variant) & t.throttled.astype(bool)]
+        if len(bad):
+            ax_e.scatter(bad.level, bad.tokens_per_joule, marker="x", color="red", zorder=3)
+    xlabel = "request rate (req/s)" if rate_mode else "concurrency"
+    for ax, ylabel in ((ax_p, "mean GPU power (W)"), (ax_e, "output tokens per joule")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if not rate_mode:
+            ax.set_xscale("log", base=2)
+        ax.grid(True, alpha=0.3)
+    sources = set(",".join(t.source.dropna()).split(",")) - {""}
+    title = "GPU power and energy efficiency" + (" (modelled)" if sources == {"modelled"} else "")
+    fig.suptitle(title)
+    ax_e.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_energy(run_dir: Union[str, Path, RunDir]) -> dict[str, Optional[Path]]:
+    """energy.parquet, energy.csv and charts/energy.png in the run directory (nothing if no telemetry)."""
+    import pyarrow as pa
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    table = energy_table(run)
+    if table.empty or not table.energy_j.notna().any():
+        return {"table": None, "csv": None, "chart": None}
+    pq_path = run.path / "energy.parquet"
+    atomic_write_table(pq_path, pa.Table.from_pandas(table, preserve_index=False))
+    csv_path = run.path / "energy.csv"
+    atomic_write_text(csv_path, table.to_csv(index=False))
+    chart = plot_energy(table, run.charts_dir / "energy.png")
+    return {"table": pq_path, "csv": csv_path, "chart": chart}

@@ -1,0 +1,237 @@
+"""Energy per step on synthetic series with known answers: counters, wrap-around, resets, gaps, tokens/J."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import energy as en
+from loadtest import telemetry as tm
+from loadtest.records import RequestRecord, StepInfo
+from loadtest.results import RunDir
+
+W = 300.0  # watts
+T = np.arange(0.0, 21.0, 1.0)  # one reading a second, 0..20 s
+WINDOW = (5.0, 15.0)  # 10 s at 300 W: 3000 J
+
+
+def test_constant_power_counter_gives_power_times_time():
+    e = en.counter_energy(T, 1e6 + W * T, *WINDOW)
+    assert e.method == "counter"
+    assert e.joules == pytest.approx(3000.0)
+    assert e.coverage == pytest.approx(1.0)
+
+
+def test_window_edges_between_readings_are_interpolated():
+    e = en.counter_energy(T, W * T, 5.25, 14.5)
+    assert e.joules == pytest.approx(W * 9.25)
+
+
+def test_counter_wrap_around_32_bit_millijoules():
+    modulus = 2.0**32 * 1e-3  # a 32-bit mJ counter, in joules
+    raw = (modulus - 1000.0) + W * T  # wraps after 3.33 s
+    wrapped = np.mod(raw, modulus)
+    assert (np.diff(wrapped) < 0).sum() == 1
+    e = en.counter_energy(T, wrapped, 0.0, 10.0)
+    assert e.joules == pytest.approx(3000.0)
+    assert e.coverage == pytest.approx(1.0)
+
+
+def test_wrap_inside_the_window_of_a_64_bit_counter():
+    modulus = 2.0**64 * 1e-3
+    wrapped = np.mod((modulus - 1500.0) + W * T, modulus)
+    # float64 cannot hold 2**61 J to the joule: the answer is right to the precision the counter has
+    assert en.counter_energy(T, wrapped, *WINDOW).joules == pytest.approx(3000.0, abs=2e3 * 2**-52 * modulus)
+
+
+def test_missing_samples_cost_nothing_with_a_counter():
+    keep = (T < 7) | (T > 11)
+    e = en.counter_energy(T[keep], (W * T)[keep], *WINDOW)
+    assert e.joules == pytest.approx(3000.0)
+    assert e.coverage == pytest.approx(1.0)
+
+
+def test_nan_readings_are_missing_samples():
+    v = W * T
+    v[[3, 8, 12]] = np.nan
+    assert en.counter_energy(T, v, *WINDOW).joules == pytest.approx(3000.0)
+
+
+def test_reset_is_filled_from_power_samples():
+    v = W * T
+    v[10:] = W * (T[10:] - 9.5)  # the counter restarted from 0 at t = 9.5
+    power = np.full_like(T, W)
+    e = en.counter_energy(T, v, *WINDOW, power_t=T, power_w=power)
+    assert e.joules == pytest.approx(3000.0)
+    assert e.coverage == pytest.approx(1.0)
+    # without power, the reset interval takes the mean power of the rest
+    assert en.counter_energy(T, v, *WINDOW).joules == pytest.approx(3000.0)
+
+
+def test_a_glitch_spike_is_not_energy():
+    v = W * T
+    v[9] += 1e9  # one absurd reading: 1 GJ in a second
+    e = en.counter_energy(T, v, *WINDOW, power_t=T, power_w=np.full_like(T, W))
+    assert e.joules == pytest.approx(3000.0)
+
+
+def test_readings_that_start_late_are_extrapolated_and_lower_the_coverage():
+    late = T >= 8
+    e = en.counter_energy(T[late], (W * T)[late], *WINDOW)
+    assert e.joules == pytest.approx(3000.0)
+    assert e.coverage == pytest.approx(0.7)
+
+
+def test_power_integral_of_a_ramp_is_exact():
+    p = 100.0 + 20.0 * T  # integral over [5, 15] = 1000 + 10 * (225 - 25) = 3000
+    e = en.power_energy(T, p, *WINDOW)
+    assert e.method == "power"
+    assert e.joules == pytest.approx(3000.0)
+    assert e.coverage == pytest.approx(1.0)
+
+
+def test_power_gap_is_bridged_but_not_covered():
+    keep = (T <= 7) | (T >= 12)  # 5 s without a reading
+    e = en.power_energy(T[keep], (100.0 + 20.0 * T)[keep], *WINDOW)
+    assert e.joules == pytest.approx(3000.0)  # linear power: the bridge is exact
+    assert e.coverage == pytest.approx(0.5)
+
+
+def test_gpu_energy_prefers_the_counter_and_falls_back_to_power():
+    rows = [(t, tm.POWER, W + (50 if 8 <= t <= 9 else 0)) for t in T] + [(t, tm.ENERGY, W * t) for t in T]
+    df = pd.DataFrame(rows, columns=["time", "metric", "value"])
+    assert en.gpu_energy(df, *WINDOW).method == "counter"
+    assert en.gpu_energy(df, *WINDOW).joules == pytest.approx(3000.0)
+    only_power = df[df.metric == tm.POWER]
+    got = en.gpu_energy(only_power, *WINDOW)
+    assert got.method == "power" and got.joules == pytest.approx(3000.0 + 50.0 * 2)  # trapezoids: 25 + 50 + 25
+
+
+def test_window_tokens_count_events_in_the_window_weighted_by_usage():
+    req = pd.DataFrame({"send_time": [0.0, 100.0], "ttft_s": [1.0, 1.0], "itl_s": [[1.0] * 9, [1.0]],
+                        "output_tokens": [20, 2], "token_events": [10, 2]})
+    # token events of the first request at 1..10 s; [2.5, 7.5] holds 3,4,5,6,7; each event is 2 tokens
+    assert en.window_tokens(req, 2.5, 7.5) == pytest.approx(10.0)
+    req.loc[0, "output_tokens"] = None
+    assert en.window_tokens(req, 2.5, 7.5) == pytest.approx(5.0)
+
+
+# --- a whole results directory --------------------------------------------------------------------
+
+def _requests(variant, step, t0, n_req, tokens_each, span):
+    """n_req requests streaming `tokens_each` events evenly over [t0, t0 + span]."""
+    gap = span / tokens_each
+    return [RequestRecord(variant, step, 8, None, f"{variant}-{step}-{i}", "measure", send_time=t0 - gap,
+                          ttft_s=gap, itl_s=[gap] * (tokens_each - 1), e2e_s=span + gap,
+                          output_tokens=tokens_each, token_events=tokens_each) for i in range(n_req)]
+
+
+def _telemetry(variant, step, t0, span, watts, gpus=("0",), reasons=0, source="nvml"):
+    import pyarrow as pa
+
+    rows = []
+    for g in gpus:
+        lab = tm.labels_json({"gpu": g, "source": source})
+        for t in np.arange(t0 - 2.0, t0 + span + 2.01, 0.5):
+            rows += [(t, tm.POWER, lab, watts), (t, tm.ENERGY, lab, 5e5 + watts * (t - t0)),
+                     (t, tm.CLOCK_REASONS, lab, float(reasons)), (t, tm.SM_CLOCK, lab, 1980.0)]
+    t, m, lab, v = zip(*rows)
+    return pa.table({"time": list(t), "variant": [variant] * len(t), "step": [step] * len(t), "metric": list(m),
+                     "labels": list(lab), "value": list(v)})
+
+
+def _run(tmp_path, spec):
+    """spec: variant -> list of (watts, tokens per request, gpus, reasons) per step; 10 requests, 10 s."""
+    run = RunDir(tmp_path / "run").create()
+    steps = []
+    t = 1000.0
+    for variant, levels in spec.items():
+        for i, (watts, tokens_each, gpus, reasons) in enumerate(levels):
+            t0, span = t, 10.0
+            steps.append(StepInfo(variant, i, [8, 64][i], None, "complete", t0 - 2, t0 + span + 2,
+                                  window_start=t0, window_end=t0 + span).to_dict())
+            run.write_requests(variant, i, _requests(variant, i, t0, 10, tokens_each, span))
+            tm.write_telemetry(run, variant, i, _telemetry(variant, i, t0, span, watts, gpus, reasons))
+            t += 100.0
+    run.write_manifest({"steps": steps, "plan": {"baseline": "fp16"}})
+    return run
+
+
+def test_energy_table_known_answer(tmp_path):
+    run = _run(tmp_path, {
+        "fp16": [(400.0, 100, ("0",), 0), (600.0, 200, ("0",), 0)],
+        "awq": [(350.0, 120, ("0",), 0x4), (500.0, 232, ("0", "1"), 0)],
+    })
+    df = en.energy_table(run.path)
+    assert list(df.columns) == en.COLUMNS
+    assert len(df) == 4
+    r = df.set_index(["variant", "level"])
+    # fp16 at 8: 10 requests x 100 tokens in 10 s at 400 W -> 1000 tokens / 4000 J
+    a = r.loc[("fp16", 8)]
+    assert a.output_tokens == pytest.approx(1000.0)
+    assert a.energy_j == pytest.approx(4000.0)
+    assert a.tokens_per_joule == pytest.approx(0.25)
+    assert a.mean_power_w == pytest.approx(400.0)
+    assert a.max_power_w == pytest.approx(400.0)
+    assert a.tokens_per_s_per_gpu == pytest.approx(100.0)
+    assert a.energy_method == "counter" and a.source == "nvml" and a.comparable
+    # awq at 64 runs on two GPUs at 500 W each
+    b = r.loc[("awq", 64)]
+    assert b.gpus == 2
+    assert b.energy_j == pytest.approx(10000.0)
+    assert b.max_power_w == pytest.approx(1000.0)
+    assert b.tokens_per_s_per_gpu == pytest.approx(2320.0 / 10 / 2)
+    # the software power cap is reported, not treated as throttling
+    c = r.loc[("awq", 8)]
+    assert c.power_capped_share == pytest.approx(1.0)
+    assert not c.throttled and c.comparable
+    s = en.energy_sentence(df, "awq", "fp16", level=8)
+    # 1200 vs 1000 tokens; 3500/1200 vs 4000/1000 J/token: 27% less
+    assert s.startswith("awq at concurrency 8 gives 1.20x the tokens of fp16 for 27% less energy per token")
+    assert "measured by nvml" in s
+    # default level: the highest both reached; 10000/2320 vs 6000/2000 J/token is 44% more
+    assert "at concurrency 64 gives 1.16x the tokens of fp16 for 44% more energy per token" in en.energy_sentence(
+        df, "awq", "fp16")
+
+
+def test_throttled_step_is_flagged_and_left_out(tmp_path):
+    run = _run(tmp_path, {
+        "fp16": [(400.0, 100, ("0",), 0), (600.0, 200, ("0",), 0)],
+        "awq": [(350.0, 120, ("0",), 0), (500.0, 232, ("0",), 0x40 | 0x4)],
+    })
+    df = en.energy_table(run)
+    bad = df[(df.variant == "awq") & (df.level == 64)].iloc[0]
+    assert bad.throttled and not bad.comparable
+    assert bad.throttle_reasons == "hw_thermal_slowdown"
+    assert en.energy_sentence(df, "awq", "fp16", level=64) is None
+    lines = en.energy_sentences(df, "fp16")
+    assert lines[0].startswith("awq at concurrency 8 ")
+    assert "throttled in awq step 1" in lines[-1]
+
+
+def test_modelled_source_says_so_and_chart_is_written(tmp_path):
+    run = RunDir(tmp_path / "run").create()
+    steps = []
+    for i, variant in enumerate(["fp16", "awq"]):
+        t0 = 1000.0 + 100 * i
+        steps.append(StepInfo(variant, 0, 4, None, "complete", t0, t0 + 10, window_start=t0, window_end=t0 + 10).to_dict())
+        run.write_requests(variant, 0, _requests(variant, 0, t0, 4, 50 + 10 * i, 10.0))
+        tm.write_telemetry(run, variant, 0, _telemetry(variant, 0, t0, 10.0, 300.0 - 50 * i, source="modelled"))
+    run.write_manifest({"steps": steps})
+    df = en.energy_table(run)
+    assert set(df.source) == {"modelled"}
+    assert "modelled power, not measured" in en.energy_sentence(df, "awq", "fp16")
+    out = en.write_energy(run)
+    assert out["chart"].exists() and out["chart"].stat().st_size > 5000
+    assert pd.read_csv(out["csv"]).shape[0] == 2
+
+
+def test_run_without_telemetry_gives_an_empty_table(tmp_path):
+    run = RunDir(tmp_path / "run").create()
+    run.write_manifest({"steps": [StepInfo("a", 0, 1, None, "complete", 0.0, 1.0).to_dict()]})
+    df = en.energy_table(run)
+    assert df.empty and list(df.columns) == en.COLUMNS
+    assert en.write_energy(run) == {"table": None, "csv": None, "chart": None}
+    assert en.plot_energy(df, tmp_path / "x.png") is None
