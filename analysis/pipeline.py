@@ -1,0 +1,224 @@
+"""From a results directory to every derived table, in one pass over its files.
+
+Steps are read one file at a time (requests, then scraped metrics), aggregated, and dropped, so
+memory stays bounded by the largest step, not the run. What later stages need per request (tokens
+in the window, latencies) is kept as compact arrays. The result is cached per directory, keyed by
+the files' sizes and modification times, so `analyze` followed by `render_reports` reads the run
+once.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis import server_metrics as sm
+from analysis.agreement import agreement_columns
+from analysis.data import AnalysisError, RunInfo, load_run
+from analysis.roofline import Roofline, analyse_roofline
+from analysis.speedup import (Capacity, Crossing, bootstrap_rate, capacities, crossovers, level_table, seed_for,
+                              speedup_table)
+from analysis.steps import StepRequests, aggregate_step, level_of, read_step_table
+from loadtest.records import REQUEST_SCHEMA
+from loadtest.results import RunDir
+
+METRIC_NAMES = sorted(
+    {sm.GAP, sm.UP, sm.RESET, *sm.RUNNING, *sm.WAITING, *sm.KV_USAGE, *sm.COUNTERS}
+    | {f"{n}{suffix}" for names in sm.HISTOGRAMS.values() for n in names for suffix in ("_bucket", "_sum", "_count")}
+)
+THREADS = 2
+
+
+@dataclass
+class Analysis:
+    """Everything derived from one results directory."""
+
+    info: RunInfo
+    steps: pd.DataFrame  # one row per (variant, step)
+    levels: pd.DataFrame  # one row per (variant, level), repeats averaged, with throughput intervals
+    speedups: pd.DataFrame  # variant, level, speedup and its interval
+    crossings: dict[str, dict[float, Crossing]]
+    capacity: dict[str, Capacity]
+    roofline: Roofline
+    series: pd.DataFrame  # server gauges per scrape, for charts
+    errors: pd.DataFrame  # variant, step, error_kind, count, example
+    requests: dict[tuple[str, int], StepRequests] = field(default_factory=dict)
+    draws: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    level_draws: dict[tuple[str, float], np.ndarray] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> str:
+        return self.info.baseline
+
+
+def _read_metrics(path: Optional[Path]) -> Optional[pd.DataFrame]:
+    if path is None:
+        return None
+    try:
+        t = pq.read_table(path, columns=["time", "metric", "labels", "value"],
+                          filters=[("metric", "in", METRIC_NAMES)])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise AnalysisError(f"{path}: cannot be read as a metrics table ({exc})") from None
+    return t.to_pandas()
+
+
+def _one_step(info: RunInfo, s: Any) -> tuple[dict[str, Any], StepRequests, pd.DataFrame, pd.DataFrame, np.ndarray]:
+    path = info.request_file(s.variant, s.step)
+    table = read_step_table(path) if path is not None else REQUEST_SCHEMA.empty_table()
+    conc, rate = s.concurrency, s.rate
+    if conc is None and rate is None:
+        conc, rate = level_of(table)
+    level = conc if info.mode == "concurrency" else rate
+    if level is None:
+        level = conc if conc is not None else rate
+    row, reqs, kinds = aggregate_step(table, s.window_start, s.window_end, info.slo)
+    w0 = row["window_start"]
+    w1 = w0 + row["window_s"] if np.isfinite(row["window_s"]) else np.nan
+    scraped = sm.scraped(_read_metrics(info.metrics_file(s.variant, s.step)))
+    row.update(sm.step_server_metrics(scraped, w0, w1))
+    series = sm.step_series(scraped)
+    series.insert(0, "step", s.step)
+    series.insert(0, "variant", s.variant)
+    head = {"variant": s.variant, "step": s.step, "repeat": s.repeat, "concurrency": conc, "rate": rate,
+            "level": float(level) if level is not None else np.nan, "status": s.status,
+            "step_error": s.error, "sent": s.sent, "recorded": s.recorded,
+            "client_cpu_max": s.client_cpu_max if s.client_cpu_max is not None else np.nan,
+            "client_saturated": bool(s.client_saturated), "window_end": w1}
+    head.update(row)
+    if path is None and s.status == "complete":
+        head["status"] = "missing"
+    kinds.insert(0, "step", s.step)
+    kinds.insert(0, "variant", s.variant)
+    rng = np.random.default_rng(seed_for(s.variant, s.step))
+    draws = bootstrap_rate(reqs.slice_tokens, row["window_s"], rng)
+    return head, reqs, kinds, series, draws
+
+
+def _threads() -> int:
+    """Two readers overlap file decoding with arithmetic; one where gevent has patched threads."""
+    try:
+        from gevent import monkey
+
+        if monkey.is_module_patched("threading"):
+            return 1
+    except ImportError:
+        pass
+    return THREADS
+
+
+def _fingerprint(path: Path) -> tuple:
+    files = [path / "manifest.json", *sorted((path / "requests").glob("*/step-*.parquet")),
+             *sorted((path / "metrics").glob("*/step-*.parquet"))]
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+            out.append((str(f), st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            pass
+    return tuple(out)
+
+
+_CACHE: dict[str, tuple[tuple, "Analysis"]] = {}
+
+
+def compute(run_dir: Union[str, Path, RunDir], use_cache: bool = True) -> Analysis:
+    """Analyse a results directory (cached while its files are unchanged)."""
+    path = (run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)).resolve()
+    fp = _fingerprint(path)
+    hit = _CACHE.get(str(path))
+    if use_cache and hit is not None and hit[0] == fp:
+        return hit[1]
+    result = _compute(load_run(path))
+    _CACHE.clear()  # one run at a time: keep memory bounded
+    _CACHE[str(path)] = (fp, result)
+    return result
+
+
+def _compute(info: RunInfo) -> Analysis:
+    rows, series, kinds = [], [], []
+    requests: dict[tuple[str, int], StepRequests] = {}
+    draws: dict[tuple[str, int], np.ndarray] = {}
+    with ThreadPoolExecutor(max_workers=_threads()) as pool:
+        for s, res in zip(info.steps, pool.map(lambda st: _one_step(info, st), info.steps)):
+            head, reqs, k, ser, d = res
+            rows.append(head)
+            requests[(s.variant, s.step)] = reqs
+            draws[(s.variant, s.step)] = d
+            if len(ser):
+                series.append(ser)
+            if len(k):
+                kinds.append(k)
+    steps = pd.DataFrame(rows)
+    if steps.empty:
+        raise AnalysisError(f"{info.path}: no steps to analyse (the manifest lists none and no request files exist)")
+    steps = steps.sort_values(["variant", "step"], kind="stable").reset_index(drop=True)
+    order = {v: i for i, v in enumerate(info.variants)}
+    steps = steps.iloc[sorted(range(len(steps)), key=lambda i: (order.get(steps.variant[i], 1e9), steps.step[i]))]
+    steps = agreement_columns(steps.reset_index(drop=True))
+
+    levels, level_draws = level_table(steps, draws)
+    speedups = speedup_table(levels, level_draws, info.baseline)
+    cross = crossovers(speedups, info.thresholds)
+    caps = capacities(levels) if not levels.empty else {}
+    roof = analyse_roofline(info, steps)
+    if not roof.steps.empty:
+        extra = roof.steps[["variant", "step", "batch", "bound_s", "regime", "bound_share"]].rename(
+            columns={"batch": "roofline_batch", "bound_s": "roofline_bound_s", "regime": "roofline_regime",
+                     "bound_share": "roofline_bound_share"})
+        steps = steps.merge(extra, on=["variant", "step"], how="left")
+    ser = pd.concat(series, ignore_index=True) if series else pd.DataFrame(
+        columns=["variant", "step", "time", "running", "waiting", "kv_cache_usage", "generation_tokens_per_s"])
+    errs = pd.concat(kinds, ignore_index=True) if kinds else pd.DataFrame(
+        columns=["variant", "step", "error_kind", "count", "example"])
+    analysis = Analysis(info=info, steps=steps, levels=levels, speedups=speedups, crossings=cross, capacity=caps,
+                        roofline=roof, series=ser, errors=errs, requests=requests, draws=draws,
+                        level_draws=level_draws)
+    analysis.warnings = _warnings(analysis)
+    return analysis
+
+
+def _warnings(a: Analysis) -> list[str]:
+    out = [str(w) for w in a.info.manifest.get("warnings", []) if w]
+    out += a.info.warnings
+    st = a.steps
+    for r in st[~st.status.isin(["complete"])].itertuples(index=False):
+        why = f": {r.step_error}" if isinstance(r.step_error, str) and r.step_error else ""
+        out.append(f"{r.variant} step {r.step} is {r.status}{why.splitlines()[0] if why else ''}; "
+                   f"it is left out of the curves")
+    sat = st[st.client_saturated.astype(bool)]
+    if len(sat):
+        out.append("the load generator was CPU-saturated in " + ", ".join(f"{r.variant} step {r.step}"
+                   for r in sat.itertuples(index=False)) + ": latencies there may include client delay")
+    resets = st[st.counter_resets.fillna(0) > 0]
+    for r in resets.itertuples(index=False):
+        out.append(f"{r.variant} step {r.step}: the server restarted inside the window (counters reset)")
+    gaps = st[st.scrape_gaps.fillna(0) > 0]
+    for r in gaps.itertuples(index=False):
+        out.append(f"{r.variant} step {r.step}: {int(r.scrape_gaps)} failed scrape(s) inside the window")
+    for v, vi in a.info.variant_info.items():
+        if vi.served_verdict == "mismatch":
+            out.append(f"{v}: the served model does not match the variant ({'; '.join(vi.served_reasons) or 'no reason given'})")
+    if a.roofline.unavailable:
+        out.append(f"no roofline: {a.roofline.unavailable}")
+    return list(dict.fromkeys(out))
+
+
+def finite(x: Any) -> Optional[float]:
+    """A JSON-safe number: None for missing, NaN or infinite."""
+    if x is None:
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

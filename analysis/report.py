@@ -1,0 +1,45 @@
+"""render_reports: charts/*.png, report.html and report.md for a results directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+from analysis.charts import write_charts
+from analysis.pipeline import Analysis, compute
+from analysis.report_html import render_html
+from analysis.report_md import render_md
+from loadtest.results import RunDir, atomic_write_text
+
+
+def _energy(run: RunDir, a: Analysis) -> dict[str, Any]:
+    """The energy chart and sentences when the run recorded GPU telemetry (nothing otherwise)."""
+    try:
+        from analysis import energy
+    except ImportError:
+        return {}
+    try:
+        written = energy.write_energy(run)
+        if written.get("table") is None:
+            return {}
+        import pandas as pd
+
+        table = pd.read_parquet(written["table"])
+        return {"chart": written.get("chart"), "sentences": energy.energy_sentences(table, a.baseline)}
+    except Exception as exc:  # noqa: BLE001 - energy is an extra; the report must still be written
+        a.warnings.append(f"energy section left out: {type(exc).__name__}: {exc}")
+        return {}
+
+
+def render_reports(run_dir: Union[str, Path, RunDir]) -> dict[str, Path]:
+    """Write charts/*.png, report.html and report.md; returns what was written, by name."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    a = compute(run)
+    charts = write_charts(a, run.charts_dir)
+    energy = _energy(run, a)
+    if energy.get("chart"):
+        charts["energy"] = Path(energy["chart"])
+    html = render_html(a, charts, energy)
+    atomic_write_text(run.path / "report.html", html)
+    atomic_write_text(run.path / "report.md", render_md(a, charts, run.path))
+    return {"html": run.path / "report.html", "md": run.path / "report.md", **{f"chart:{k}": p for k, p in charts.items()}}

@@ -1,0 +1,117 @@
+"""report.md, for a pull request: the verdict, speedup and crossover tables, per-step table, chart links.
+
+Strings from outside are escaped for Markdown (HTML metacharacters, table pipes, backticks), so a
+hostile variant name or error renders as text on a code host too.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from analysis import fmt
+from analysis.pipeline import Analysis
+from analysis.speedup import interval
+from analysis.summary import BACKEND_NOTE, served_problem, threshold_key
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#!~])")
+
+
+def md(text: Any) -> str:
+    """Escape a string for a Markdown paragraph or table cell (one line)."""
+    s = "" if text is None else str(text)
+    s = s.replace("&", "&amp;")
+    s = _MD_SPECIAL.sub(lambda m: {"<": "&lt;", ">": "&gt;", "|": "&#124;"}.get(m.group(1), "\\" + m.group(1)), s)
+    return " ".join(s.split())
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Optional[str] = None) -> str:
+    info = a.info
+    mode = info.mode
+    lvl = lambda x: fmt.level(x, mode)  # noqa: E731
+    word = info.level_name()
+    others = [v for v in info.variants if v != info.baseline]
+    if verdict is None:
+        from analysis.summary import verdict as _verdict
+
+        verdict = _verdict(a)
+    lines = [f"# ridgeline: {md(info.name)}", "",
+             f"**Backend:** {md(BACKEND_NOTE.get(info.backend, info.backend))} · **model:** {md(info.model)} · "
+             f"**GPU:** {md(info.gpu)} · **baseline:** {md(info.baseline)}", "", md(verdict), ""]
+    for v in info.variants:
+        p = served_problem(a, v)
+        if p:
+            lines += [f"> **Warning:** {md(p)}", ""]
+
+    if "throughput" in charts or "speedup" in charts:
+        for name in ("throughput", "speedup"):
+            if name in charts:
+                rel = Path(charts[name]).relative_to(run_dir).as_posix()
+                lines.append(f"![{name}]({rel})")
+        lines.append("")
+
+    if others:
+        lines += [f"## Crossover ({word} where the speedup falls below each threshold)", ""]
+        heads = ["variant"] + [f"below {threshold_key(t)}x" for t in info.thresholds]
+        rows = []
+        for v in others:
+            cells = [md(v)]
+            last = a.speedups[a.speedups.variant == v].level.max()
+            for t in info.thresholds:
+                c = a.crossings.get(v, {}).get(t)
+                if c is None or c.level is None:
+                    cells.append("never")
+                elif c.below_from_start:
+                    cells.append(f"from {lvl(c.level)}")
+                else:
+                    cells.append(f"{lvl(c.level)} ({fmt.interval(c.low, c.high, lvl, open_high='> ' + lvl(last))})")
+            rows.append(cells)
+        lines += _table(heads, rows) + [""]
+
+        lines += [f"## Speedup over {md(info.baseline)} (95% interval)", ""]
+        levels = sorted(a.speedups.level.dropna().unique().tolist())
+        rows = []
+        for v in others:
+            g = a.speedups[a.speedups.variant == v].set_index("level")
+            cells = [md(v)]
+            for L in levels:
+                if L in g.index:
+                    r = g.loc[L]
+                    cells.append(f"{fmt.ratio(r.speedup)} ({fmt.interval(r.speedup_lo, r.speedup_hi, fmt.ratio)})")
+                else:
+                    cells.append("–")
+            rows.append(cells)
+        lines += _table(["variant"] + [lvl(x) for x in levels], rows) + [""]
+
+    lines += ["## Per step", ""]
+    heads = ["variant", word, "status", "out tok/s", "95% interval", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
+             "e2e p50", "goodput tok/s", "SLO met", "requests", "errors"]
+    rows = []
+    for r in a.steps.itertuples(index=False):
+        d = a.draws.get((r.variant, int(r.step)))
+        lo, hi = interval(d) if d is not None else (np.nan, np.nan)
+        rows.append([md(r.variant), lvl(r.level), md(r.status), fmt.num(r.output_tokens_per_s), fmt.interval(lo, hi),
+                     fmt.seconds(r.ttft_p50_s), fmt.seconds(r.ttft_p99_s), fmt.seconds(r.itl_p50_s),
+                     fmt.seconds(r.itl_p99_s), fmt.seconds(r.e2e_p50_s), fmt.num(r.goodput_tokens_per_s),
+                     fmt.pct(r.slo_attainment), str(r.requests), str(r.errors)])
+    lines += _table(heads, rows) + [""]
+
+    if a.warnings:
+        lines += ["## Warnings", ""] + [f"- {md(w)}" for w in a.warnings] + [""]
+    if charts:
+        lines += ["## Charts", ""]
+        for name, p in charts.items():
+            rel = Path(p).relative_to(run_dir).as_posix()
+            lines.append(f"- [{name}]({rel})")
+        lines.append("")
+    lines.append("Full report: report.html (self-contained).")
+    return "\n".join(lines) + "\n"
