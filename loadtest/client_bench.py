@@ -75,28 +75,78 @@ def timing_errors(ttfts: list[float], itls: list[list[float]], ttft_s: float, ga
     return {"ttft": percentiles_ms(t), "gap": percentiles_ms(g)}
 
 
-_REUSE_PORT_SERVER = ("import sys\nfrom aiohttp import web\nfrom deploy.null_server import NullServer\n"
-                      "port, ttft, gap = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])\n"
-                      "web.run_app(NullServer(0, ttft, gap).app(), host='127.0.0.1', port=port, reuse_port=True,"
-                      " print=None, access_log=None)\n")
+# The null server, plus what it cannot avoid: how late each event left it (its timers have ~1 ms
+# granularity and it shares the CPU), served at GET /lateness (?reset=1 starts over).
+_NULL_SERVER = """
+import asyncio, json, sys, time
+import numpy as np
+from aiohttp import web
+from deploy.null_server import NullServer
+
+class LatenessNullServer(NullServer):
+    late = []
+
+    async def stream(self, request):
+        body = await request.json()
+        self.requests += 1
+        self._n += 1
+        n = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else self.events
+        ev = (b'data: {"id":"cmpl-%d","object":"text_completion","model":"null","choices":'
+              b'[{"index":0,"text":" tok","logprobs":null,"finish_reason":null}]}\\n\\n') % self._n
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        start = time.perf_counter()
+        for i in range(n):
+            due = start + self.ttft_s + i * self.gap_s
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.ttft_s or self.gap_s:
+                self.late.append(time.perf_counter() - due)
+            await resp.write(ev)
+        usage = {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}}
+        await resp.write(b"data: " + json.dumps(usage).encode() + b"\\n\\ndata: [DONE]\\n\\n")
+        await resp.write_eof()
+        return resp
+
+    async def lateness(self, request):
+        x = np.asarray(self.late) * 1000
+        out = {"n": int(x.size)}
+        if x.size:
+            out.update(p50_ms=round(float(np.percentile(x, 50)), 3), p99_ms=round(float(np.percentile(x, 99)), 3))
+        if request.query.get("reset"):
+            self.late.clear()
+        return web.json_response(out)
+
+port, ttft, gap, reuse = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+srv = LatenessNullServer(0, ttft, gap)
+app = srv.app()
+app.router.add_get("/lateness", srv.lateness)
+web.run_app(app, host="127.0.0.1", port=port, reuse_port=reuse, print=None, access_log=None)
+"""
+
+
+def server_lateness(url: str, reset: bool = False) -> dict[str, Any]:
+    """How late the null server itself sent its events (one of its processes), ms."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/lateness" + ("?reset=1" if reset else ""), timeout=10) as r:  # noqa: S310
+        return json.loads(r.read())
 
 
 def _null_servers(tmp: Path, ttft_ms: float = 0.0, gap_ms: float = 0.0, procs: int = 1) -> list:
-    """The null server; with procs > 1, that many processes sharing one port (SO_REUSEPORT)."""
+    """The null server (that many processes sharing one port with SO_REUSEPORT when procs > 1)."""
     from deploy import launcher
 
     port = launcher.free_port()
-    if procs <= 1:
-        argv = [sys.executable, "-m", "deploy.null_server", "--port", str(port), "--events", "0",
-                "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms)]
-        return [launcher.start(launcher.ServerCommand("null", argv, port=port, startup_timeout_s=30),
-                               tmp / f"null-{port}.log")]
     out = []
-    for i in range(procs):
-        argv = [sys.executable, "-c", _REUSE_PORT_SERVER, str(port), str(ttft_ms / 1000), str(gap_ms / 1000)]
+    for i in range(max(procs, 1)):
+        argv = [sys.executable, "-c", _NULL_SERVER, str(port), str(ttft_ms / 1000), str(gap_ms / 1000),
+                "1" if procs > 1 else "0"]
         out.append(launcher.start(launcher.ServerCommand("null", argv, port=port, startup_timeout_s=30),
                                   tmp / f"null-{port}-{i}.log"))
-    time.sleep(0.5)  # /health answered by the first one says nothing of the others
+    if procs > 1:
+        time.sleep(0.5)  # /health answered by the first one says nothing of the others
     return out
 
 
@@ -344,13 +394,16 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
         for n in cfg.streams:
             log(f"timing error at {n} streams: ridgeline")
             row: dict[str, Any] = {"streams": n}
+            server_lateness(timed.url, reset=True)
             row["ridgeline"] = _client_subprocess(timed.url, n, cfg.timing_seconds, cfg.timing_tokens,
                                                   ramp_s=req_s / 2, ttft_s=cfg.ttft_ms / 1000,
                                                   gap_s=cfg.gap_ms / 1000)
+            row["ridgeline"]["server_lateness"] = server_lateness(timed.url, reset=True)
             if have_vllm:
                 log(f"timing error at {n} streams: vllm bench serve")
                 row["vllm"] = vllm_timing(cfg.vllm_python, timed.url, tok, work, n, cfg.timing_tokens,
                                           cfg.timing_seconds, cfg.ttft_ms / 1000, cfg.gap_ms / 1000)
+                row["vllm"]["server_lateness"] = server_lateness(timed.url, reset=True)
             result["timing"].append(row)
 
         if not cfg.skip_scaling:
@@ -415,8 +468,12 @@ def report_lines(r: dict[str, Any]) -> list[str]:
         for name, key in (("ridgeline", "ridgeline"), ("vllm bench serve", "vllm")):
             if key in row:
                 t = row[key]["timing"]
+                late = row[key].get("server_lateness") or {}
                 out.append(f"  {row['streams']:>7}  {name:<16} {t['ttft']['p50_ms']:>9.3f} {t['ttft']['p99_ms']:>9.3f} "
-                           f"{t['gap']['p50_ms']:>9.3f} {t['gap']['p99_ms']:>9.3f}")
+                           f"{t['gap']['p50_ms']:>9.3f} {t['gap']['p99_ms']:>9.3f}   "
+                           f"(server's own lateness p50 {late.get('p50_ms', float('nan')):.3f}, "
+                           f"p99 {late.get('p99_ms', float('nan')):.3f}; client CPU "
+                           f"{row[key].get('cpu_pct', 100 * row[key].get('cpu_s', 0) / max(row[key].get('wall_s', 1), 1e-9)):.0f}%)")
     for row in r.get("scaling", []):
         out.append(f"scaling: {row['workers']} worker(s): {row['events_per_s']:,.0f} events/s, "
                    f"{row['events_per_core_s'] or 0:,.0f} per worker core")

@@ -8,6 +8,7 @@ of the process, so the sweep can move the window without touching the users.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import time
@@ -24,6 +25,20 @@ from scenarios.workload import RequestSpec, Workload
 # one wall-clock anchor per process: send times are wall-clock, durations are monotonic
 _WALL0 = time.time()
 _PERF0 = time.perf_counter()
+
+
+def quiet_gc() -> None:
+    """Keep the garbage collector from pausing the clock mid-step.
+
+    A full collection walks every object the process holds (Locust, numpy, pydantic: hundreds of
+    thousands) and stops every stream for tens of milliseconds, which shows up as late tokens.
+    Freezing what exists at a step's start leaves the collector only the step's own objects.
+    RIDGELINE_GC_FREEZE=0 turns it off (to measure the difference).
+    """
+    if os.environ.get("RIDGELINE_GC_FREEZE", "1") == "0":
+        return
+    gc.collect()
+    gc.freeze()
 
 
 def wall(perf: float) -> float:
@@ -58,6 +73,7 @@ class StepControl:
         self.measure_requests = None
         self.measured_sent = self.sent = 0
         self.records = []
+        quiet_gc()
         self.accepting = True
 
     def phase_at(self, t: float) -> str:
