@@ -205,7 +205,7 @@ def _window(step: dict) -> tuple[Optional[float], Optional[float]]:
     return float(t0), float(t1)
 
 
-def _step_row(step: dict, tel: pd.DataFrame, req: pd.DataFrame) -> dict:
+def _step_row(step: dict, tel: pd.DataFrame, req: pd.DataFrame, tokens_per_s: Optional[float] = None) -> dict:
     t0, t1 = _window(step)
     level = step.get("concurrency") if step.get("concurrency") is not None else step.get("rate")
     row = {c: None for c in COLUMNS}
@@ -218,7 +218,7 @@ def _step_row(step: dict, tel: pd.DataFrame, req: pd.DataFrame) -> dict:
     tel = tel[tel.metric != tm.GAP]
     gpus = sorted(set(tel.gpu.dropna()), key=lambda g: (len(g), g))
     sources = sorted(set(tel.source.dropna()))
-    tokens = window_tokens(req, t0, t1)
+    tokens = tokens_per_s * window if tokens_per_s is not None else window_tokens(req, t0, t1)
     row.update(window_s=window, output_tokens=tokens, gpus=len(gpus) or None,
                source=",".join(sources) or None, tokens_per_s=tokens / window)
     if gpus:
@@ -266,19 +266,29 @@ def _step_row(step: dict, tel: pd.DataFrame, req: pd.DataFrame) -> dict:
 _REQ_COLUMNS = ["variant", "step", "send_time", "ttft_s", "itl_s", "output_tokens", "token_events"]
 
 
-def energy_table(run_dir: Union[str, Path, RunDir]) -> pd.DataFrame:
-    """One row per step of the run (COLUMNS); energy columns are empty where there was no telemetry."""
+def energy_table(run_dir: Union[str, Path, RunDir], steps: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """One row per step of the run (COLUMNS); energy columns are empty where there was no telemetry.
+
+    `steps` (the analysis' per-step table, with variant, step and output_tokens_per_s) makes the
+    token counts those of the report; without it tokens are counted here from the request rows.
+    """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    steps = run.read_manifest().get("steps", [])
+    manifest_steps = run.read_manifest().get("steps", [])
     tel = tm.read_telemetry(run)
-    if not len(tel) or not steps:
+    if not len(tel) or not manifest_steps:
         return pd.DataFrame(columns=COLUMNS)
     req = run.read_requests(columns=_REQ_COLUMNS)
     tel_by = dict(tuple(tel.groupby(["variant", "step"])))
     req_by = dict(tuple(req.groupby(["variant", "step"])))
     empty_t, empty_r = tel.iloc[0:0], req.iloc[0:0]
-    rows = [_step_row(s, tel_by.get((s["variant"], s["step"]), empty_t), req_by.get((s["variant"], s["step"]), empty_r))
-            for s in steps]
+    tps: dict[tuple[str, int], float] = {}
+    if steps is not None and len(steps):
+        for r in steps[["variant", "step", "output_tokens_per_s"]].itertuples(index=False):
+            if r.output_tokens_per_s is not None and np.isfinite(r.output_tokens_per_s):
+                tps[(r.variant, int(r.step))] = float(r.output_tokens_per_s)
+    rows = [_step_row(s, tel_by.get((s["variant"], s["step"]), empty_t), req_by.get((s["variant"], s["step"]), empty_r),
+                      tps.get((s["variant"], int(s["step"]))))
+            for s in manifest_steps]
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["variant", "step"], kind="stable").reset_index(drop=True)
 
@@ -382,12 +392,12 @@ def plot_energy(table: pd.DataFrame, path: Union[str, Path]) -> Optional[Path]:
     return path
 
 
-def write_energy(run_dir: Union[str, Path, RunDir]) -> dict[str, Optional[Path]]:
+def write_energy(run_dir: Union[str, Path, RunDir], steps: Optional[pd.DataFrame] = None) -> dict[str, Optional[Path]]:
     """energy.parquet, energy.csv and charts/energy.png in the run directory (nothing if no telemetry)."""
     import pyarrow as pa
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    table = energy_table(run)
+    table = energy_table(run, steps)
     if table.empty or not table.energy_j.notna().any():
         return {"table": None, "csv": None, "chart": None}
     pq_path = run.path / "energy.parquet"

@@ -69,3 +69,16 @@ def test_emulator_run_records_modelled_energy(emulators, tmp_path):
     sentence = energy_sentence(table, "awq", "fp16")
     assert sentence.startswith("awq at concurrency 32 gives ")
     assert sentence.endswith("modelled power, not measured)")
+
+    # with the analysis' step table, the tokens are exactly the report's throughput
+    import pandas as pd
+
+    from analysis import analyze
+
+    analyze(run.path)
+    steps = pd.read_parquet(run.path / "steps.parquet")
+    same = energy_table(run.path, steps).merge(steps[["variant", "step", "output_tokens_per_s"]], on=["variant", "step"])
+    assert len(same) == 4
+    assert same.tokens_per_s.tolist() == pytest.approx(same.output_tokens_per_s.tolist())
+    assert same.tokens_per_s.tolist() == pytest.approx(table.sort_values(["variant", "step"]).tokens_per_s.tolist(),
+                                                       rel=0.02)
