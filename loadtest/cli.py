@@ -20,7 +20,10 @@ out = Console()
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # the message quotes plans, datasets and servers: their brackets are text, not markup
+    err.print(f"[bold red]error:[/] {escape(msg)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -85,10 +88,11 @@ def _execute(plan: Plan, source: Optional[str], out_dir: Optional[str], quiet: b
             code = 128 + int(getattr(signal, name, signal.SIGINT))
             err.print(f"interrupted by {name}: every finished step is saved in {run.path}; the step in flight "
                       f"is saved and marked incomplete.\n{_resume_hint(run.path)} "
-                      f"(or see what is there: ridgeline report {run.path})", highlight=False, soft_wrap=True)
+                      f"(or see what is there: ridgeline report {run.path})", markup=False, highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(code)
         except KeyboardInterrupt:
-            err.print(f"interrupted: {_resume_hint(run.path)}", highlight=False, soft_wrap=True)
+            err.print(f"interrupted: {_resume_hint(run.path)}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(130)
         except DiskFullError as exc:
             _fail(f"{exc}\n{_resume_hint(run.path)}", code=1)
@@ -152,10 +156,10 @@ def _resume_run(resume_dir: Path, plan_file: Optional[Path], force: bool, quiet:
     except (ResumeError, PlanError) as exc:
         _fail(str(exc))
     if state.done:
-        out.print(f"nothing to resume: every step of {state.run.path} is complete", highlight=False)
+        out.print(f"nothing to resume: every step of {state.run.path} is complete", markup=False, highlight=False)
         _finish(state.run.path)
         return
-    err.print(state.describe(), highlight=False, soft_wrap=True)
+    err.print(state.describe(), markup=False, highlight=False, soft_wrap=True)
     _finish(_execute(state.plan, state.source, None, quiet, resume_state=state))
 
 

@@ -324,6 +324,7 @@ class KubernetesSpec(_Strict):
     vllm_image: Optional[str] = Field(default=None, description="default vllm/vllm-openai:v<vllm_version>")
     vllm_version: str = "0.11.0"
     ridgeline_image: str = Field(default="ridgeline:0.1.0", description="image with ridgeline and its scenarios")
+    ridgeline_workdir: str = Field(default="/app", description="the ridgeline checkout inside that image")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     locust_workers: int = Field(default=2, ge=0, description="Locust worker replicas")
     port: int = Field(default=8000, ge=1, le=65535)
@@ -445,12 +446,27 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
     return index
 
 
+_TAG_PREFIXES = ("literal[", "list[", "dict[", "function-", "tagged-union[", "union[", "nullable[", "json-or-python[",
+                 "lax-or-strict[", "default[", "constrained-")
+_TAG_NAMES = {"int", "float", "str", "bool", "bytes", "none", "is-instance"}
+
+
+def _key_path(raw: tuple[Any, ...], extra: bool) -> tuple[str, ...]:
+    """The keys of an error's location: pydantic puts union and validator tags among them; drop those.
+
+    The last element of an unknown-key error is the user's own key, whatever it looks like
+    (`interval_sec` must not vanish because it starts like the tag `int`).
+    """
+    parts = [str(x) for x in raw]
+    last = parts.pop() if extra and parts else None
+    keep = tuple(x for x in parts if x not in _TAG_NAMES and not x.startswith(_TAG_PREFIXES))
+    return keep + ((last,) if last is not None else ())
+
+
 def _problems(err: ValidationError, lines: dict[tuple[str, ...], int]) -> list[tuple[str, Optional[int], str]]:
     out = []
     for e in err.errors():
-        loc = tuple(str(x) for x in e["loc"] if not str(x).startswith("function-"))
-        # pydantic adds union/literal tags to loc; keep only real keys
-        loc = tuple(x for x in loc if not x.startswith(("literal[", "int", "float", "str", "list[", "dict[")))
+        loc = _key_path(tuple(e["loc"]), e["type"] == "extra_forbidden")
         line = None
         for n in range(len(loc), -1, -1):
             if loc[:n] in lines:
@@ -468,6 +484,8 @@ def _problems(err: ValidationError, lines: dict[tuple[str, ...], int]) -> list[t
 def _suggest(loc: tuple[str, ...], e: dict) -> str:
     import difflib
 
+    if not loc:
+        return ""
     model: Any = Plan
     for part in loc[:-1]:
         if part.isdigit():
