@@ -14,6 +14,11 @@ out = Console()
 err = Console(stderr=True)
 
 
+@bench_app.callback()
+def _group() -> None:
+    """Benchmarks of ridgeline itself."""
+
+
 @bench_app.command("client")
 def client(
     streams: str = typer.Option("64,256,512", "--streams", help="concurrent streams for the timing error"),
@@ -25,6 +30,8 @@ def client(
                                                    "(empty: skip)"),
     no_scaling: bool = typer.Option(False, "--no-scaling", help="skip the 1 vs 2 worker processes run"),
     server_procs: int = typer.Option(1, "--server-procs", help="null server processes sharing its port"),
+    timing_workers: int = typer.Option(0, "--timing-workers",
+                                       help="also measure the timing error with the streams spread over N workers"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write every figure to this JSON file"),
 ) -> None:
     """Token events/s per core, timing error (p50/p99) at 64-512 streams, scaling over workers; vs vllm bench serve."""
@@ -37,7 +44,7 @@ def client(
         raise typer.Exit(2)
     cfg = BenchConfig(streams=levels, parse_seconds=seconds, timing_seconds=seconds, ttft_ms=ttft_ms, gap_ms=gap_ms,
                       vllm_python=vllm_python or None, skip_scaling=no_scaling,
-                      server_procs=server_procs)
+                      server_procs=server_procs, timing_workers=timing_workers)
     if cfg.vllm_python and not Path(cfg.vllm_python).exists():
         err.print(f"{cfg.vllm_python} not found: measuring ridgeline alone")
         cfg.vllm_python = None

@@ -57,6 +57,7 @@ class BenchConfig:
     vllm_python: Optional[str] = VLLM_PYTHON
     skip_scaling: bool = False
     server_procs: int = 1  # null server processes sharing the port (so the server is not what lags)
+    timing_workers: int = 0  # > 0: also measure the timing error with the streams spread over workers
 
 
 # ---------------------------------------------------------------------- helpers
@@ -321,8 +322,10 @@ def vllm_timing(python: str, url: str, tok: Path, work: Path, streams: int, toke
 
 # ---------------------------------------------------------------------- scaling over workers
 
-def worker_scaling(url: str, streams: int, seconds: float, tokens: int, workers: int) -> dict[str, Any]:
-    """Token events per second with `workers` Locust worker processes sharing `streams` streams."""
+def worker_scaling(url: str, streams: int, seconds: float, tokens: int, workers: int, ramp_s: float = 0.0,
+                   expect_ttft_s: Optional[float] = None, expect_gap_s: Optional[float] = None) -> dict[str, Any]:
+    """Token events per second with `workers` Locust worker processes sharing `streams` streams
+    (and their timing error when the server's delays are given)."""
     import gevent
     import psutil
 
@@ -335,8 +338,8 @@ def worker_scaling(url: str, streams: int, seconds: float, tokens: int, workers:
     drv = DistributedDriver(plan, url, Timeouts(), workers=workers, model="null")
     try:
         procs = [psutil.Process(p) for p in drv.pids]
-        w0 = time.time() + 1.0
-        drv.start_step("bench", 0, streams, None, w0, w0 + seconds, None, 0.0)
+        w0 = time.time() + 1.0 + ramp_s
+        drv.start_step("bench", 0, streams, None, w0, w0 + seconds, None, ramp_s)
         gevent.sleep(max(w0 - time.time(), 0))
         c0 = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
         t0 = time.perf_counter()
@@ -356,8 +359,14 @@ def worker_scaling(url: str, streams: int, seconds: float, tokens: int, workers:
             t += g
             events += w0 <= t < w0 + seconds
     cpu = c1 - c0
-    return {"workers": workers, "events": events, "events_per_s": round(events / wall, 1),
-            "worker_cpu_s": round(cpu, 3), "events_per_core_s": round(events / cpu, 1) if cpu > 0 else None}
+    out: dict[str, Any] = {"workers": workers, "events": events, "events_per_s": round(events / wall, 1),
+                           "worker_cpu_s": round(cpu, 3),
+                           "events_per_core_s": round(events / cpu, 1) if cpu > 0 else None,
+                           "cpu_pct": round(100 * cpu / wall / workers, 1), "streams": streams}
+    if expect_ttft_s is not None and expect_gap_s is not None:
+        ok = [r for r in recs if r.status == "ok" and r.send_time >= w0]
+        out["timing"] = timing_errors([r.ttft_s for r in ok], [r.itl_s for r in ok], expect_ttft_s, expect_gap_s)
+    return out
 
 
 # ---------------------------------------------------------------------- the whole benchmark
@@ -404,6 +413,14 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
                 row["vllm"] = vllm_timing(cfg.vllm_python, timed.url, tok, work, n, cfg.timing_tokens,
                                           cfg.timing_seconds, cfg.ttft_ms / 1000, cfg.gap_ms / 1000)
                 row["vllm"]["server_lateness"] = server_lateness(timed.url, reset=True)
+            if cfg.timing_workers > 0:
+                log(f"timing error at {n} streams: ridgeline with {cfg.timing_workers} worker processes")
+                server_lateness(timed.url, reset=True)
+                row["ridgeline_workers"] = _run_json(
+                    [sys.executable, "-m", "loadtest.client_bench", "_scaling", timed.url, str(n),
+                     str(cfg.timing_seconds), str(cfg.timing_tokens), str(cfg.timing_workers), str(req_s / 2),
+                     str(cfg.ttft_ms / 1000), str(cfg.gap_ms / 1000)], timeout=cfg.timing_seconds + 180)
+                row["ridgeline_workers"]["server_lateness"] = server_lateness(timed.url, reset=True)
             result["timing"].append(row)
 
         if not cfg.skip_scaling:
@@ -436,6 +453,9 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
         mine = row["ridgeline"]["timing"]
         s[f"p99_gap_error_ms@{n}"] = mine["gap"]["p99_ms"]
         s[f"p99_ttft_error_ms@{n}"] = mine["ttft"]["p99_ms"]
+        if "ridgeline_workers" in row:
+            s[f"workers_p99_gap_error_ms@{n}"] = row["ridgeline_workers"]["timing"]["gap"]["p99_ms"]
+            s[f"workers_p99_ttft_error_ms@{n}"] = row["ridgeline_workers"]["timing"]["ttft"]["p99_ms"]
         if "vllm" in row:
             s[f"vllm_p99_gap_error_ms@{n}"] = row["vllm"]["timing"]["gap"]["p99_ms"]
             s[f"vllm_p99_ttft_error_ms@{n}"] = row["vllm"]["timing"]["ttft"]["p99_ms"]
@@ -465,7 +485,9 @@ def report_lines(r: dict[str, Any]) -> list[str]:
                f"(ttft {r['config']['ttft_ms']:g} ms, gap {r['config']['gap_ms']:g} ms), ms:")
     out.append("  streams  client            ttft p50  ttft p99   gap p50   gap p99")
     for row in r["timing"]:
-        for name, key in (("ridgeline", "ridgeline"), ("vllm bench serve", "vllm")):
+        wn = r["config"].get("timing_workers", 0)
+        for name, key in (("ridgeline", "ridgeline"), (f"ridgeline, {wn} wk", "ridgeline_workers"),
+                          ("vllm bench serve", "vllm")):
             if key in row:
                 t = row[key]["timing"]
                 late = row[key].get("server_lateness") or {}
@@ -492,7 +514,8 @@ def _main(argv: list[str]) -> None:
         print(json.dumps(client_run(url, streams, seconds, tokens, ramp, ttft, gap)))
     elif kind == "_scaling":
         url, streams, seconds, tokens, workers = args[0], int(args[1]), float(args[2]), int(args[3]), int(args[4])
-        print(json.dumps(worker_scaling(url, streams, seconds, tokens, workers)))
+        extra = [float(x) for x in args[5:8]]
+        print(json.dumps(worker_scaling(url, streams, seconds, tokens, workers, *extra)))
     else:
         raise SystemExit(f"unknown entry {kind!r}")
 
