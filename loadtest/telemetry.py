@@ -506,8 +506,14 @@ class Telemetry:
         self._fetch = fetch
         self._warned: set[str] = set()
         self._open: list[Source] = []
-        manifest.setdefault("telemetry", {"source": self.source_name, "dcgm_url": self.dcgm_url,
-                                          "interval_s": self.interval_s, "variants": {}})
+        self._section()
+
+    def _section(self) -> dict[str, Any]:
+        """The manifest's telemetry entry (set again if the manifest was replaced, as a resume does)."""
+        sec = self.manifest.setdefault("telemetry", {"source": self.source_name, "dcgm_url": self.dcgm_url,
+                                                     "interval_s": self.interval_s, "variants": {}})
+        sec.setdefault("variants", {})
+        return sec
 
     def _warn(self, key: str, text: str) -> None:
         if key in self._warned:
@@ -554,14 +560,14 @@ class Telemetry:
                 self._warn("modelled", "GPU power is the emulator's model, not a measurement")
             elif why:
                 self._warn("fallback", "GPU telemetry fell back to " + source.name + ": " + "; ".join(why))
-        self.manifest["telemetry"]["variants"][variant] = entry
+        self._section()["variants"][variant] = entry
         return GpuSampler(source, variant, self.interval_s)
 
     def finish(self, sampler: GpuSampler) -> None:
         """Record what the source learned while sampling (devices, unsupported fields)."""
         if sampler.source is None:
             return
-        entry = self.manifest["telemetry"]["variants"].setdefault(sampler.variant, {})
+        entry = self._section()["variants"].setdefault(sampler.variant, {})
         entry["devices"] = sampler.source.devices()
         unsupported = sorted(getattr(sampler.source, "unsupported", set()))
         if unsupported:

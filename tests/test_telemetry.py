@@ -240,6 +240,18 @@ def test_auto_falls_back_from_dcgm_to_nvml_and_says_so():
     tel.close()
 
 
+def test_a_resumed_manifest_gets_its_telemetry_entry_back():
+    plan = parse_plan("backend: external\nvariants: [{name: a, url: 'http://x'}]\n")
+    manifest = {"warnings": []}
+    tel = tm.Telemetry(plan, manifest, nvml=FakeNvml())
+    manifest.clear()  # a resume folds the stored manifest into this one, replacing its contents
+    manifest.update({"warnings": [], "steps": []})
+    s = tel.sampler("a", "http://x", [], {})
+    tel.finish(s)
+    assert manifest["telemetry"]["variants"]["a"]["source"] == "nvml"
+    tel.close()
+
+
 # --- a DCGM exporter stand-in beside a real sweep ---------------------------------------------------
 
 EXPORTER = textwrap.dedent('''
