@@ -26,7 +26,8 @@ Faults (`name` or `name=arg`):
   bad_usage               a normal stream whose usage counts are not numbers a client can keep
   no_done                 a normal stream and usage, then the end of the body without [DONE]
   error_event=K           K token events, then an error object inside the stream
-  echo_auth               401 whose body repeats the Authorization header (a careless server)
+  echo_auth               401 whose body repeats the Authorization header, also written to the log
+                          (a careless server)
   exit_after=K            K token events, then the whole process exits with status 3
 
 It accepts and ignores vLLM's command-line flags, so the launcher can start it where vLLM would be.
@@ -111,7 +112,7 @@ class FaultServer:
 
     def __init__(self, events: int = 16, ttft_s: float = 0.0, gap_s: float = 0.0, model: str = "fault",
                  error_rate: float = 0.0, error_faults: str = DEFAULT_ERROR_FAULTS, seed: int = 0,
-                 api_key: Optional[str] = None, log_every: int = 0):
+                 api_key: Optional[str] = None, log_every: int = 0, error_message: Optional[str] = None):
         self.events = events
         self.ttft_s = ttft_s
         self.gap_s = gap_s
@@ -121,6 +122,7 @@ class FaultServer:
         self.rng = random.Random(seed)
         self.api_key = api_key
         self.log_every = log_every
+        self.error_message = error_message  # replaces the text of injected errors (hostile-text tests)
         self.queue: deque[Fault] = deque()
         self.requests = 0
         self.faults: Counter[str] = Counter()
@@ -200,11 +202,12 @@ class FaultServer:
         if name == "status":
             code = fault.k(500)
             hdrs = {"Retry-After": "1"} if code == 429 else {}
-            msg = "rate limit reached" if code == 429 else "injected server error"
+            msg = self.error_message or ("rate limit reached" if code == 429 else "injected server error")
             return web.json_response({"error": {"message": msg, "type": "InjectedError", "code": code}},
                                      status=code, headers=hdrs)
         if name == "echo_auth":
             seen = request.headers.get("Authorization", "")
+            _log(f"rejected credentials: {seen}")
             return web.json_response({"error": {"message": f"rejected credentials: {seen}"}}, status=401)
 
         n = self.events
@@ -250,8 +253,8 @@ class FaultServer:
             await resp.write_eof()
             return resp
         elif name == "error_event":
-            err = {"error": {"message": "injected error inside the stream", "type": "InternalServerError",
-                             "code": 500}}
+            err = {"error": {"message": self.error_message or "injected error inside the stream",
+                             "type": "InternalServerError", "code": 500}}
             await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
         elif name == "bad_usage":
             await resp.write(b'data: {"choices": [], "usage": {"prompt_tokens": -3, "completion_tokens": "many",'
@@ -315,6 +318,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--require-key-env", default=None,
                     help="answer 401 unless the Authorization header carries the key in this variable")
     ap.add_argument("--log-every", type=int, default=0, help="also log every Nth normal request")
+    ap.add_argument("--error-message", default=None, help="text of injected errors (500, 429, error_event)")
     return ap
 
 
@@ -328,7 +332,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if not key:
             sys.exit(f"--require-key-env {a.require_key_env}: that variable is not set")
     srv = FaultServer(a.events, a.ttft_ms / 1000, a.gap_ms / 1000, a.model, a.error_rate, a.error_faults, a.seed,
-                      key, a.log_every)
+                      key, a.log_every, a.error_message)
     _log(f"listening on {a.host}:{a.port}, {a.events} events per request, error rate {a.error_rate:g}"
          + (f"; ignoring {len(ignored)} unknown arguments" if ignored else ""))
     web.run_app(srv.app(), host=a.host, port=a.port, print=None, access_log=None)
