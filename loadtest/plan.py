@@ -266,7 +266,20 @@ class TelemetrySpec(_Strict):
     source: Literal["auto", "nvml", "dcgm", "none"] = Field(
         default="auto", description="auto: the emulator's model, else the DCGM exporter if dcgm_url, else NVML")
     dcgm_url: Optional[str] = Field(default=None, description="a DCGM exporter's /metrics URL")
+    dcgm_labels: dict[str, str] = Field(
+        default_factory=dict, description="keep DCGM samples whose labels fully match these regular expressions; "
+                                          "{variant} and {k8s_name} stand for the variant's names")
     interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("dcgm_labels")
+    @classmethod
+    def _patterns(cls, v: dict[str, str]) -> dict[str, str]:
+        for label, pattern in v.items():
+            try:
+                re.compile(pattern.replace("{variant}", "x").replace("{k8s_name}", "x"))
+            except re.error as exc:
+                raise ValueError(f"dcgm_labels.{label}: {pattern!r} is not a regular expression ({exc})") from None
+        return v
 
     @field_validator("dcgm_url")
     @classmethod

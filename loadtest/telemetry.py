@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.error
 from dataclasses import dataclass, field
@@ -246,8 +247,10 @@ def _text(v: Any) -> Optional[str]:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def parse_dcgm(text: str, gpus: Optional[list[str]] = None) -> tuple[list[Reading], list[dict[str, Any]]]:
-    """Readings and devices from a DCGM exporter page; `gpus` keeps only those indices or UUIDs.
+def parse_dcgm(text: str, gpus: Optional[list[str]] = None, match: Optional[dict[str, "re.Pattern[str]"]] = None,
+               ) -> tuple[list[Reading], list[dict[str, Any]]]:
+    """Readings and devices from a DCGM exporter page; `gpus` keeps only those indices or UUIDs, and
+    `match` only samples whose labels fully match (e.g. the pod a variant runs in, in Kubernetes).
 
     Blank sentinels (what DCGM writes for a field the GPU does not support) and NaN are dropped.
     """
@@ -269,6 +272,8 @@ def parse_dcgm(text: str, gpus: Optional[list[str]] = None) -> tuple[list[Readin
                 continue
             uuid = s.labels.get("UUID")
             if not _selected(gpu, uuid, wanted):
+                continue
+            if match and not all(p.fullmatch(s.labels.get(k, "")) for k, p in match.items()):
                 continue
             v = float(s.value)
             if v != v or v >= _DCGM_BLANK_64 or (metric not in _DCGM_64BIT and v >= _DCGM_BLANK_32):
@@ -296,22 +301,25 @@ class DcgmSource:
     name = "dcgm"
 
     def __init__(self, url: str, gpus: Optional[list[str]] = None, timeout: float = 5.0,
-                 fetch: Callable[[str, float], str] = _fetch):
+                 fetch: Callable[[str, float], str] = _fetch, match: Optional[dict[str, "re.Pattern[str]"]] = None):
         self.url = url
         self.gpus = gpus
+        self.match = match
         self.timeout = timeout
         self._fetch = fetch
         self._devices: list[dict[str, Any]] = []
         try:
-            readings, self._devices = parse_dcgm(self._fetch(url, timeout), gpus)
+            readings, self._devices = parse_dcgm(self._fetch(url, timeout), gpus, match)
         except (urllib.error.URLError, OSError, ValueError, UnicodeError) as exc:
             raise TelemetryError(f"DCGM exporter {url} cannot be read: {type(exc).__name__}: {exc}") from None
         if not readings:
             which = f" for GPU {', '.join(gpus)}" if gpus else ""
+            if match:
+                which += " with " + ", ".join(f"{k}=~{p.pattern}" for k, p in match.items())
             raise TelemetryError(f"DCGM exporter {url} has no DCGM_FI_ samples{which}")
 
     def read(self) -> list[Reading]:
-        readings, devices = parse_dcgm(self._fetch(self.url, self.timeout), self.gpus)
+        readings, devices = parse_dcgm(self._fetch(self.url, self.timeout), self.gpus, self.match)
         if devices:
             self._devices = devices
         return readings
@@ -494,6 +502,16 @@ def _telemetry_spec(plan: Any) -> tuple[str, Optional[str], float]:
     return spec.source, spec.dcgm_url, float(spec.interval_s)
 
 
+def label_patterns(templates: dict[str, str], variant: str) -> dict[str, "re.Pattern[str]"]:
+    """The plan's telemetry.dcgm_labels for one variant: {variant} and {k8s_name} filled in, compiled."""
+    from deploy.render.kubernetes import k8s_name
+
+    out = {}
+    for label, t in templates.items():
+        out[label] = re.compile(t.replace("{variant}", re.escape(variant)).replace("{k8s_name}", re.escape(k8s_name(variant))))
+    return out
+
+
 class Telemetry:
     """Run-level: picks a source per variant, records what it picked (and what it could not) in the manifest."""
 
@@ -534,7 +552,8 @@ class Telemetry:
         for name in order:
             try:
                 if name == "dcgm":
-                    return DcgmSource(self.dcgm_url, gpus, fetch=self._fetch), why
+                    match = label_patterns(getattr(self.plan.telemetry, "dcgm_labels", {}) or {}, variant)
+                    return DcgmSource(self.dcgm_url, gpus, fetch=self._fetch, match=match or None), why
                 return NvmlSource(gpus, nvml=self._nvml), why
             except TelemetryError as exc:
                 why.append(str(exc))

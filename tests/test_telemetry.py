@@ -66,6 +66,18 @@ def test_parse_dcgm_older_exporter_in_kubernetes_drops_blank_sentinels():
     assert devices[0]["name"] == "NVIDIA A100-SXM4-80GB"
 
 
+def test_dcgm_labels_keep_the_variants_own_pod():
+    text = (DATA / "a100-k8s.prom").read_text()  # GPU 0 serves pod vllm-awq-6d9f8b7c5-q2w3e
+    templates = {"namespace": "ridgeline", "pod": "vllm-{k8s_name}-[a-z0-9]+-[a-z0-9]+"}
+    mine, _ = tm.parse_dcgm(text, match=tm.label_patterns(templates, "awq"))
+    assert len(mine) == 9
+    for other in ("awq+fp8kv", "aw", "fp16"):
+        assert tm.parse_dcgm(text, match=tm.label_patterns(templates, other))[0] == []
+    with pytest.raises(tm.TelemetryError, match="pod=~vllm-fp16"):
+        tm.DcgmSource("http://exporter:9400/metrics", fetch=lambda url, timeout: text,
+                      match=tm.label_patterns(templates, "fp16"))
+
+
 def test_parse_dcgm_rejects_a_page_that_is_not_prometheus_text():
     with pytest.raises(tm.TelemetryError, match="cannot be parsed"):
         tm.parse_dcgm("DCGM_FI_DEV_POWER_USAGE{gpu=\"0\" 12\n")

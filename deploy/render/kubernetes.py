@@ -41,6 +41,7 @@ SERVER_ENV_SECRET = "ridgeline-server-env"  # where credential-like server varia
 MASTER_PORT = 5557
 LOCUST_WEB_PORT = 8089
 _HOST_PORT_FLAGS = {"--host", "--port"}
+POD_PATTERN = "vllm-{k8s_name}-[a-z0-9]+-[a-z0-9]+"  # a Deployment's pod: <name>-<replica set>-<pod>
 _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 
 
@@ -313,6 +314,10 @@ def cluster_plan(plan: Any) -> dict[str, Any]:
         v["gpus"], v["env"], v["extra_args"] = None, {}, []
     d["server"]["env"], d["server"]["extra_args"] = {}, []
     d["output_dir"] = RESULTS_MOUNT
+    tel = d.get("telemetry") or {}
+    if tel.get("dcgm_url") and not tel.get("dcgm_labels"):
+        # a node's exporter reports every GPU on it: keep those of the variant's own pod
+        tel["dcgm_labels"] = {"namespace": re.escape(k.namespace), "pod": POD_PATTERN}
     d["workers"] = k.locust_workers
     d["api_key_env"] = KEY_ENV if _has_key(plan) else None
     d["api_key_file"] = None
