@@ -47,3 +47,18 @@ def test_bench_against_vllm_bench_serve():
     s = r["summary"]
     assert s["vllm_events_per_core_s"] > 0 and s["parse_ratio"] > 0
     assert "vllm_p99_gap_error_ms@64" in s and "scaling_2_workers" in s
+
+
+def test_window_timing_leaves_out_events_after_the_window():
+    from loadtest.client_bench import window_timing
+    from loadtest.records import RequestRecord
+
+    def rec(send, ttft, gaps):
+        return RequestRecord("v", 0, 1, None, "x", "measure", send, ttft_s=ttft, itl_s=gaps)
+
+    recs = [rec(100.0, 0.05, [0.02, 0.02, 0.5]),  # the 0.5 s gap lands after the window: torn down
+            rec(99.0, 0.05, [0.02]),  # sent before the window
+            rec(100.5, 0.06, [0.03])]
+    t = window_timing(recs, 100.0, 100.6, 0.05, 0.02)
+    assert t["gap"]["n"] == 2 and t["ttft"]["n"] == 2
+    assert t["gap"]["p99_ms"] == pytest.approx(0.0, abs=1e-6)
