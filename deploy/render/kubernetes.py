@@ -459,7 +459,9 @@ def manifests(plan: Any, commands: Optional[list[ServerCommand]] = None) -> dict
     if commands is None:
         from deploy.servers import server_commands
 
-        commands = server_commands(plan.model_copy(update={"backend": "vllm"}))
+        # no key at render time: the pods read it from a Secret; every port is the pod's own
+        commands = server_commands(plan.model_copy(update={"backend": "vllm"}),
+                                   ports={v.name: plan.kubernetes.port for v in plan.variants}, api_key=None)
     names: dict[str, str] = {}
     for cmd in commands:
         if not cmd.argv:
