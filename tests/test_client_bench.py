@@ -56,9 +56,9 @@ def test_window_timing_leaves_out_events_after_the_window():
     def rec(send, ttft, gaps):
         return RequestRecord("v", 0, 1, None, "x", "measure", send, ttft_s=ttft, itl_s=gaps)
 
-    recs = [rec(100.0, 0.05, [0.02, 0.02, 0.5]),  # the 0.5 s gap lands after the window: torn down
+    recs = [rec(100.0, 0.05, [0.02, 0.02, 0.6]),  # the 0.6 s gap lands after the window: torn down
             rec(99.0, 0.05, [0.02]),  # sent before the window
             rec(100.5, 0.06, [0.03])]
     t = window_timing(recs, 100.0, 100.6, 0.05, 0.02)
-    assert t["gap"]["n"] == 3 and t["ttft"]["n"] == 2  # the 0.5 s gap and the early request are out
+    assert t["gap"]["n"] == 3 and t["ttft"]["n"] == 2  # the 0.6 s gap and the early request are out
     assert t["gap"]["p50_ms"] == pytest.approx(0.0, abs=1e-6) and t["gap"]["p99_ms"] < 10.0
