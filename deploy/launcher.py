@@ -2,15 +2,19 @@
 
 The same launcher starts the built-in emulator and real vLLM; nothing here knows which. A server
 that dies while starting is reported at once with the last lines of its log, and every server is
-stopped on every exit path (SIGINT, then SIGTERM, then SIGKILL to the whole group).
+stopped on every exit path (SIGINT, then SIGTERM, then SIGKILL to the whole group): each started
+server is kept in a registry until stopped, and whatever is still in it when the interpreter exits
+is stopped then (servers started with keep=True are left running on purpose, for `deploy up`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,10 +40,11 @@ class ServerCommand:
     health_path: str = "/health"
     startup_timeout_s: float = 900.0
     cwd: Optional[str] = None
+    base_url: Optional[str] = None  # an external server's own URL (scheme, path prefix); else http://host:port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.base_url or f"http://{self.host}:{self.port}"
 
     def to_dict(self) -> dict:
         return {"variant": self.variant, "argv": list(self.argv), "env": dict(self.env), "url": self.url}
@@ -92,8 +97,23 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def start(command: ServerCommand, log_path: Path, wait: bool = True, poll_s: float = 0.25) -> Server:
-    """Start the server in its own process group; with wait, return once /health answers 200."""
+_registry: dict[int, Server] = {}
+_registry_lock = threading.Lock()
+
+
+def running() -> list[Server]:
+    """Servers started by this process and not stopped yet (keep=True ones excluded)."""
+    with _registry_lock:
+        return list(_registry.values())
+
+
+def start(command: ServerCommand, log_path: Path, wait: bool = True, poll_s: float = 0.25,
+          keep: bool = False) -> Server:
+    """Start the server in its own process group; with wait, return once /health answers 200.
+
+    The server is registered so that it is stopped at interpreter exit if nobody stopped it; keep=True
+    leaves it running after this process ends (its pid and group are the caller's to record).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(command.env)
@@ -111,10 +131,11 @@ def start(command: ServerCommand, log_path: Path, wait: bool = True, poll_s: flo
     except OSError as exc:
         log.close()
         raise LaunchError(f"variant {command.variant}: cannot start {command.argv[0]!r}: {exc}") from None
-    finally:
-        pass
     log.close()
     server = Server(command=command, process=proc, log_path=log_path, started=time.time())
+    if not keep:
+        with _registry_lock:
+            _registry[proc.pid] = server
     if wait:
         try:
             wait_ready(server, poll_s=poll_s)
@@ -148,12 +169,21 @@ def wait_ready(server: Server, poll_s: float = 0.25) -> float:
 
 def stop(server: Server, grace_s: tuple[float, float, float] = (10.0, 10.0, 5.0)) -> Optional[int]:
     """SIGINT, then SIGTERM, then SIGKILL to the server's process group, each with a deadline."""
+    try:
+        return _stop(server, grace_s)
+    finally:
+        with _registry_lock:
+            _registry.pop(server.pid, None)
+
+
+def _stop(server: Server, grace_s: tuple[float, float, float], interrupted: bool = False) -> Optional[int]:
     proc = server.process
     for sig, wait_s in zip((signal.SIGINT, signal.SIGTERM, signal.SIGKILL), grace_s):
         if proc.poll() is not None:
             break
         try:
-            os.killpg(proc.pid, sig)
+            if not (interrupted and sig == signal.SIGINT):  # stop_all sent it already
+                os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
         except PermissionError:
@@ -171,3 +201,98 @@ def stop(server: Server, grace_s: tuple[float, float, float] = (10.0, 10.0, 5.0)
         return proc.wait(timeout=5)
     except subprocess.TimeoutExpired:  # pragma: no cover
         return None
+
+
+def stop_all(servers: Optional[list[Server]] = None,
+             grace_s: tuple[float, float, float] = (10.0, 10.0, 5.0)) -> dict[str, Optional[int]]:
+    """Stop several servers (default: every registered one), all signalled at once, each to the end.
+
+    Returns each variant's exit status. An error stopping one never keeps the others running.
+    """
+    todo = running() if servers is None else list(servers)
+    for srv in todo:  # SIGINT to all first: their shutdowns overlap instead of queueing
+        if srv.alive():
+            try:
+                os.killpg(srv.pid, signal.SIGINT)
+            except (ProcessLookupError, PermissionError):
+                pass
+    out: dict[str, Optional[int]] = {}
+    for srv in todo:
+        try:
+            out[srv.command.variant] = _stop(srv, grace_s, interrupted=True)
+        except Exception:  # noqa: BLE001 - keep stopping the rest
+            out[srv.command.variant] = None
+        finally:
+            with _registry_lock:
+                _registry.pop(srv.pid, None)
+    return out
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in the group."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return bool(group_members(pgid))
+
+
+def stop_pid(pid: int, create_time: Optional[float] = None,
+             grace_s: tuple[float, float, float] = (10.0, 10.0, 5.0)) -> bool:
+    """Stop a server this process did not start (recorded by pid): SIGINT, SIGTERM, SIGKILL to its group.
+
+    `create_time` (psutil's, recorded at start) guards against a recycled pid: when the process now
+    holding the pid started at another time, nothing is signalled. Returns True when the group is gone.
+    """
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
+            return not _group_alive(pid)  # another process holds the pid now: not ours to signal
+    except psutil.NoSuchProcess:
+        proc = None
+    pgid = pid  # start() gives every server its own session, whose group id is the leader's pid
+    for sig, wait_s in zip((signal.SIGINT, signal.SIGTERM, signal.SIGKILL), grace_s):
+        if not _group_alive(pgid):
+            return True
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        deadline = time.time() + wait_s
+        while time.time() < deadline:
+            if proc is not None:
+                try:
+                    proc.wait(timeout=0.1)  # reaps it when it is our child
+                except (psutil.TimeoutExpired, psutil.NoSuchProcess, ChildProcessError):
+                    pass
+            if not _group_alive(pgid):
+                return True
+            time.sleep(0.1)
+    return not _group_alive(pgid)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in a process group (a server's engine workers live there too)."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.info["pid"]) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.info["pid"])
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return out
+
+
+@atexit.register
+def _stop_registered() -> None:
+    """At interpreter exit: stop whatever this process started and did not stop (short grace)."""
+    if running():
+        stop_all(grace_s=(5.0, 5.0, 2.0))

