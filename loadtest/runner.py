@@ -339,15 +339,15 @@ class Sweep:
         sw = self.plan.sweep
         p = self.progress
         server = self._servers.get(cmd.variant)
+        gpu = self._gpu_sampler(cmd)  # opening a source and its first reading stay out of the step's clock
+        gpu.new_step(lv.index)
+        gpu.poll(force=True)
         t_start = time.time()
         info = StepInfo(cmd.variant, lv.index, lv.concurrency, lv.rate, STEP_INCOMPLETE, t_start, repeat=lv.repeat)
         self._step_entry(info)
         scraper = Scraper(cmd.url + "/metrics", cmd.variant, headers=self.headers,
                           timeout=self.plan.scrape.timeout_s, interval=self.plan.scrape.interval_s)
         scraper.new_step(lv.index)
-        gpu = self._gpu_sampler(cmd)
-        gpu.new_step(lv.index)
-        gpu.poll(force=True)
         window_start = t_start + sw.warmup_s
         by_count = sw.requests is not None
         window_end = None if by_count else window_start + sw.duration_s
