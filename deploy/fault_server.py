@@ -304,7 +304,7 @@ def command(port: int, events: int = 16, ttft_ms: float = 0.0, gap_ms: float = 0
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m deploy.fault_server", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m deploy.fault_server", description=__doc__, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless told otherwise)")
     ap.add_argument("--port", type=int, default=8100)
