@@ -1,7 +1,6 @@
 """Energy per step on synthetic series with known answers: counters, wrap-around, resets, gaps, tokens/J."""
 
-import json
-import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -235,3 +234,27 @@ def test_run_without_telemetry_gives_an_empty_table(tmp_path):
     assert df.empty and list(df.columns) == en.COLUMNS
     assert en.write_energy(run) == {"table": None, "csv": None, "chart": None}
     assert en.plot_energy(df, tmp_path / "x.png") is None
+
+
+# --- a real series: NVML on an H100, 3 s idle, 8 s of bf16 matmuls, 2 s idle, read every 0.1 s ----
+
+REAL = Path(__file__).parent / "data" / "nvml" / "h100-idle-then-bf16-matmul.parquet"
+
+
+def test_real_h100_series_counter_and_power_agree():
+    df = pd.read_parquet(REAL)
+    util = df[df.metric == tm.UTIL]
+    busy = util[util.value >= 99].time
+    b0, b1 = busy.min() + 1.0, busy.max() - 0.5  # leave the ramps out
+    i0, i1 = df.time.min() + 0.5, busy.min() - 0.5
+    e, p = df[df.metric == tm.ENERGY], df[df.metric == tm.POWER]
+    for w0, w1, lo, hi in ((i0, i1, 50.0, 120.0), (b0, b1, 550.0, 710.0)):
+        c = en.counter_energy(e.time, e.value, w0, w1)
+        q = en.power_energy(p.time, p.value, w0, w1)
+        assert c.coverage == pytest.approx(1.0) and q.coverage == pytest.approx(1.0)
+        assert lo <= c.joules / (w1 - w0) <= hi
+        assert q.joules == pytest.approx(c.joules, rel=0.03)  # NVML's power reading and its counter agree
+    # at full load the board sat at its software power cap: reported, never counted as throttling
+    reasons = df[(df.metric == tm.CLOCK_REASONS) & (df.time >= b0) & (df.time <= b1)].value.astype(int)
+    assert ((reasons & tm.POWER_CAP_MASK) != 0).mean() > 0.5
+    assert ((reasons & tm.THROTTLE_MASK) == 0).all()

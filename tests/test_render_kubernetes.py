@@ -1,6 +1,5 @@
 """Kubernetes manifests: schema-valid, the engine's exact arguments, GPUs from tensor parallelism, no secrets."""
 
-import os
 from pathlib import Path
 
 import kubernetes_validate
