@@ -198,6 +198,7 @@ class ModelSpec:
     max_position: int = 8192
     params: int = 0  # total parameters; 0: derived from the shape
     attention_bias: bool = False
+    architecture: str = "LlamaForCausalLM"
 
     def __post_init__(self) -> None:
         for f in ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "max_position"):
@@ -279,7 +280,8 @@ MODELS: dict[str, ModelSpec] = {
                   vocab=128256, tie_embeddings=False, max_position=8192),
         # Qwen/Qwen2.5-7B config.json (q/k/v projections carry biases)
         ModelSpec("qwen2.5-7b", layers=28, hidden=3584, intermediate=18944, heads=28, kv_heads=4, head_dim=128,
-                  vocab=152064, tie_embeddings=False, max_position=32768, attention_bias=True),
+                  vocab=152064, tie_embeddings=False, max_position=32768, attention_bias=True,
+                  architecture="Qwen2ForCausalLM"),
     ]
 }
 MODEL_ALIASES = {"llama3-8b": "llama-3-8b", "meta-llama-3-8b": "llama-3-8b", "llama3-70b": "llama-3-70b",
@@ -318,9 +320,17 @@ def model_from_config(cfg: dict, name: str, source: str = "config.json") -> Mode
             heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=as_int("vocab_size"),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), max_position=int(maxpos),
             attention_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
+            architecture=_architecture(cfg),
         )
     except CatalogError as exc:
         raise CatalogError(f"{source}: {exc}") from None
+
+
+def _architecture(cfg: dict) -> str:
+    arch = cfg.get("architectures")
+    if isinstance(arch, list) and arch and isinstance(arch[0], str):
+        return arch[0]
+    return "LlamaForCausalLM"
 
 
 def load_model(name_or_dir: Union[str, Path]) -> ModelSpec:

@@ -87,41 +87,49 @@ class StepOutput:
 
 
 class BlockPool:
-    """Paged KV blocks with reference counts and an LRU of freed blocks that keep their prefix hash."""
+    """Paged KV blocks with reference counts and an LRU of freed blocks that keep their prefix hash.
+
+    Like vLLM's free-block queue: blocks never used are handed out first, then the least recently
+    freed, whose cached prefix is forgotten at that moment. Never-used blocks are a counter, not a
+    list, so a cache of millions of blocks costs nothing until it is used.
+    """
 
     def __init__(self, num_blocks: int, enable_caching: bool = True):
         if num_blocks <= 0:
             raise ValueError(f"the KV cache holds no blocks ({num_blocks}): nothing can run")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
-        self.ref = [0] * num_blocks
-        self.hash_of: list[Optional[int]] = [None] * num_blocks
-        self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.ref: dict[int, int] = {}
+        self.hash_of: dict[int, int] = {}
+        self._fresh = 0  # blocks [_fresh, num_blocks) were never allocated
+        self.free: OrderedDict[int, None] = OrderedDict()  # released blocks, least recently freed first
         self.cached: dict[int, int] = {}  # hash -> block id
 
     @property
     def num_free(self) -> int:
-        return len(self.free)
+        return self.num_blocks - self._fresh + len(self.free)
 
     def usage(self) -> float:
-        return 1.0 - len(self.free) / self.num_blocks
+        return 1.0 - self.num_free / self.num_blocks
 
     def allocate(self, n: int) -> list[int]:
         out = []
         for _ in range(n):
-            b, _ = self.free.popitem(last=False)
-            h = self.hash_of[b]
-            if h is not None:
-                if self.cached.get(h) == b:
+            if self._fresh < self.num_blocks:
+                b = self._fresh
+                self._fresh += 1
+            else:
+                b, _ = self.free.popitem(last=False)
+                h = self.hash_of.pop(b, None)
+                if h is not None and self.cached.get(h) == b:
                     del self.cached[h]
-                self.hash_of[b] = None
             self.ref[b] = 1
             out.append(b)
         return out
 
     def lookup(self, hashes: tuple[int, ...]) -> list[int]:
-        """The longest run of cached blocks at the start of `hashes` (not yet referenced)."""
-        hits = []
+        """The longest run of cached blocks at the start of `hashes`."""
+        hits: list[int] = []
         if not self.enable_caching:
             return hits
         for h in hashes:
@@ -131,23 +139,29 @@ class BlockPool:
             hits.append(b)
         return hits
 
+    def is_free(self, block: int) -> bool:
+        return self.ref.get(block, 0) == 0
+
     def touch(self, blocks: list[int]) -> None:
         for b in blocks:
-            if self.ref[b] == 0:
+            if self.ref.get(b, 0) == 0:
                 self.free.pop(b, None)
-            self.ref[b] += 1
+            self.ref[b] = self.ref.get(b, 0) + 1
 
     def register(self, block: int, h: int) -> None:
-        if self.enable_caching and self.hash_of[block] is None and h not in self.cached:
+        if self.enable_caching and block not in self.hash_of and h not in self.cached:
             self.hash_of[block] = h
             self.cached[h] = block
 
     def release(self, blocks: list[int]) -> None:
         # freed in reverse so a request's tail blocks are evicted before its shared prefix
         for b in reversed(blocks):
-            self.ref[b] -= 1
-            if self.ref[b] == 0:
+            r = self.ref[b] - 1
+            if r == 0:
+                del self.ref[b]
                 self.free[b] = None
+            else:
+                self.ref[b] = r
 
 
 @dataclass
@@ -285,7 +299,7 @@ class EngineCore:
             computed = len(hit_blocks) * BLOCK_SIZE
             n = min(req.num_tokens - computed, budget)
             need = -(-(computed + n) // BLOCK_SIZE) - len(hit_blocks)
-            if need > self.pool.num_free - sum(1 for b in hit_blocks if self.pool.ref[b] == 0):
+            if need > self.pool.num_free - sum(1 for b in hit_blocks if self.pool.is_free(b)):
                 break
             self.waiting.popleft()
             if req.num_preemptions == 0 and req.queued_time is None:

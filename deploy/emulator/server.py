@@ -198,7 +198,7 @@ def build(cfg: EmulatorConfig) -> Emulator:
     lines = [
         f"ridgeline emulator: modelled {gpu.name}, not a real GPU; emulating vLLM {EMULATED_VLLM_VERSION} "
         f"serving {model.name} ({cfg.weights} weights, kv_cache_dtype={kv_dtype})",
-        f"Resolved architecture: LlamaForCausalLM",
+        f"Resolved architecture: {model.architecture}",
         f"Using max model len {max_model_len}",
         f"Chunked prefill is enabled with max_num_batched_tokens={max_batched}.",
         (f"Initializing a V1 LLM engine (v{EMULATED_VLLM_VERSION}) with config: model='{cfg.model}', "
