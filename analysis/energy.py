@@ -363,6 +363,7 @@ def plot_energy(table: pd.DataFrame, path: Union[str, Path]) -> Optional[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - used through matplotlib.ticker below
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -381,6 +382,7 @@ def plot_energy(table: pd.DataFrame, path: Union[str, Path]) -> Optional[Path]:
         ax.set_ylabel(ylabel)
         if not rate_mode:
             ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.grid(True, alpha=0.3)
     sources = set(",".join(t.source.dropna()).split(",")) - {""}
     title = "GPU power and energy efficiency" + (" (modelled)" if sources == {"modelled"} else "")
