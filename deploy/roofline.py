@@ -140,27 +140,28 @@ def ridge_batch(model: ModelSpec, gpu: GPUSpec, weights: str, kv_cache_dtype: st
 # vLLM sizes the cache as: total memory x gpu_memory_utilization, minus the weights, minus the peak
 # of a profiling forward pass of max_num_batched_tokens tokens (activations, sampler logits), minus
 # memory outside PyTorch (CUDA context, cuBLAS workspaces, CUDA graphs), in whole 16-token blocks.
-# NON_TORCH_RESERVE_BYTES is fitted to vLLM 0.24.0 on an H100 with Llama-3-8B fp16, which reported
-# 450,336 tokens; with the same constant the formula gives AWQ and FP8-KV within 0.3% of vLLM's
-# 528,288 and 900,160 (tests/test_roofline.py checks all three).
-NON_TORCH_RESERVE_BYTES = 0.383e9
+# NON_TORCH_RESERVE_BYTES is fitted to vLLM 0.24.0 on an H100 with Llama-3-8B fp16 (run with
+# --max-num-seqs 256 and the default 8,192 batched tokens), which reported 450,336 tokens; with the
+# same constant the formula gives AWQ and FP8-KV within 0.3% of vLLM's 528,288 and 900,160
+# (tests/test_roofline.py checks all three).
+NON_TORCH_RESERVE_BYTES = 0.777e9
 DEFAULT_BLOCK_SIZE = 16
 
 
-def profile_activation_bytes(model: ModelSpec, max_num_batched_tokens: int = 8192, max_num_seqs: int = 1024) -> float:
+def profile_activation_bytes(model: ModelSpec, max_num_batched_tokens: int = 8192, max_num_seqs: int = 256) -> float:
     """Peak transient memory of vLLM's profiling run: the MLP's widest tensors plus sampler logits."""
     per_token = (3 * model.intermediate + 4 * model.hidden) * ACT_BYTES
     logits = min(max_num_seqs, max_num_batched_tokens) * model.vocab * 4.0
     return max_num_batched_tokens * per_token + logits
 
 
-def activation_reserve_bytes(model: ModelSpec, max_num_batched_tokens: int = 8192, max_num_seqs: int = 1024) -> float:
+def activation_reserve_bytes(model: ModelSpec, max_num_batched_tokens: int = 8192, max_num_seqs: int = 256) -> float:
     return NON_TORCH_RESERVE_BYTES + profile_activation_bytes(model, max_num_batched_tokens, max_num_seqs)
 
 
 def kv_capacity_tokens(model: ModelSpec, gpu: GPUSpec, weights: str, kv_cache_dtype: str,
                        gpu_memory_utilization: float = 0.9, activation_reserve_gb: Optional[float] = None,
-                       max_num_batched_tokens: int = 8192, max_num_seqs: int = 1024,
+                       max_num_batched_tokens: int = 8192, max_num_seqs: int = 256,
                        block_size: int = DEFAULT_BLOCK_SIZE, group_size: int = 128) -> int:
     """Tokens of KV cache that fit: (memory x utilisation - weights - reserve) / KV bytes per token.
 

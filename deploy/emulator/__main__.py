@@ -42,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "half"],
                     help="activation dtype; float16 with an fp8 KV cache fails on Hopper as in vLLM")
     ap.add_argument("--served-model-name", default=None)
-    ap.add_argument("--max-num-seqs", type=int, default=None, help="default: vLLM's for the GPU (1024 on H100)")
+    ap.add_argument("--max-num-seqs", type=int, default=None, help="default 256")
     ap.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: vLLM's (8192 on H100)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--max-model-len", type=int, default=None, help="default: the model's max_position_embeddings")

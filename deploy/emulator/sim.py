@@ -41,12 +41,17 @@ class SimResult:
 
 
 def default_limits(gpu: GPUSpec) -> tuple[int, int]:
-    """vLLM's defaults for the OpenAI server: (max_num_seqs, max_num_batched_tokens) by GPU memory."""
+    """(max_num_seqs, max_num_batched_tokens) when not given.
+
+    Batched tokens as vLLM's OpenAI server picks them by GPU memory (16,384 from 160 GiB, 8,192 from
+    70 GiB except the A100, else 2,048). Sequences 256, as the anchors ran (vLLM's own default is
+    1,024 on the large GPUs; a plan that wants it passes --max-num-seqs 1024).
+    """
     gib = gpu.memory_bytes / 1024**3
     if gib >= 160:
-        return 1024, 16384
+        return 256, 16384
     if gib >= 70 and not gpu.name.startswith("a100"):
-        return 1024, 8192
+        return 256, 8192
     return 256, 2048
 
 
