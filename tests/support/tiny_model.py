@@ -22,7 +22,12 @@ CONFIG = {
 }
 QUANT_CONFIGS = {
     "awq": {"quant_method": "awq", "bits": 4, "group_size": GROUP_SIZE, "zero_point": True, "version": "gemm"},
-    "gptq": {"quant_method": "gptq", "bits": 4, "group_size": GROUP_SIZE, "desc_act": False, "sym": True},
+    # the block's linear layers listed, as GPTQ checkpoints do: with --load-format dummy there are no
+    # safetensors for vLLM to find them in (see deploy/checks.py GPTQ_DUMMY)
+    "gptq": {"quant_method": "gptq", "bits": 4, "group_size": GROUP_SIZE, "desc_act": False, "sym": True,
+             "modules_in_block_to_quantize": [["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"],
+                                              ["self_attn.o_proj"], ["mlp.up_proj", "mlp.gate_proj"],
+                                              ["mlp.down_proj"]]},
 }
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
 WORDS = ("the quick brown fox jumps over the lazy dog while tokens stream out of a tiny model served by "

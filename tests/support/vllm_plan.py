@@ -7,9 +7,13 @@ the sweep do it), and every process is stopped by pid at the end.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
+from deploy.launcher import Server, ServerCommand
 from loadtest.plan import Plan
 from tests.support.tiny_model import make_tiny_model
 from tests.support.vllm_env import vllm_python
@@ -62,3 +66,43 @@ def tiny_vllm_plan(root: Union[str, Path], variants: Iterable[str] = tuple(VARIA
         else:
             data[k] = v
     return Plan.model_validate(data)
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Live processes of a server's process group (vLLM's engine core and workers live there)."""
+    from deploy.launcher import group_members
+
+    return group_members(pgid)
+
+
+@contextlib.contextmanager
+def serving(cmd: ServerCommand, log_path: Path) -> Iterator[Server]:
+    """Start one server through ridgeline's launcher; on the way out stop it by process group and
+    fail if any process of the group is left (the engine's children included)."""
+    from deploy import launcher
+
+    srv = launcher.start(cmd, log_path)
+    seen: set[int] = set()
+    try:
+        seen.update(group_alive(srv.pid))
+        yield srv
+    finally:
+        seen.update(group_alive(srv.pid))
+        launcher.stop(srv)
+        left = [p for p in seen if _running(p)] + group_alive(srv.pid)
+        if left:
+            for p in left:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            raise AssertionError(f"variant {cmd.variant}: processes left after stop: {sorted(set(left))}")
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
