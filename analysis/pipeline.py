@@ -60,15 +60,15 @@ class Analysis:
         return self.info.baseline
 
 
-def _read_metrics(path: Optional[Path]) -> Optional[pd.DataFrame]:
+def _read_metrics(path: Optional[Path]) -> Optional[pa.Table]:
+    """The rows of the series the analysis uses, strings kept dictionary-encoded (as Parquet stores them)."""
     if path is None:
         return None
     try:
-        t = pq.read_table(path, columns=["time", "metric", "labels", "value"],
-                          filters=[("metric", "in", METRIC_NAMES)])
+        return pq.read_table(path, columns=["time", "metric", "labels", "value"], read_dictionary=["metric", "labels"],
+                             filters=[("metric", "in", METRIC_NAMES)])
     except (pa.ArrowInvalid, OSError) as exc:
         raise AnalysisError(f"{path}: cannot be read as a metrics table ({exc})") from None
-    return t.to_pandas()
 
 
 def _one_step(info: RunInfo, s: Any) -> tuple[dict[str, Any], StepRequests, pd.DataFrame, pd.DataFrame, np.ndarray]:
@@ -103,16 +103,30 @@ def _one_step(info: RunInfo, s: Any) -> tuple[dict[str, Any], StepRequests, pd.D
     return head, reqs, kinds, series, draws
 
 
-def _threads() -> int:
-    """Two readers overlap file decoding with arithmetic; one where gevent has patched threads."""
+def _map_steps(fn, items: list) -> list:
+    """fn over the steps on two native threads (file decoding and numpy release the GIL).
+
+    Where gevent has patched `threading` (the command line runs Locust), threads made by
+    concurrent.futures would be greenlets on one core, so gevent's own pool of native threads is used.
+    """
+    if THREADS <= 1 or len(items) < 2:
+        return list(map(fn, items))
     try:
         from gevent import monkey
 
-        if monkey.is_module_patched("threading"):
-            return 1
+        patched = monkey.is_module_patched("threading")
     except ImportError:
-        pass
-    return THREADS
+        patched = False
+    if patched:
+        from gevent.threadpool import ThreadPool
+
+        pool = ThreadPool(THREADS)
+        try:
+            return list(pool.imap(fn, items))
+        finally:
+            pool.kill()
+    with ThreadPoolExecutor(max_workers=THREADS) as ex:
+        return list(ex.map(fn, items))
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -148,16 +162,15 @@ def _compute(info: RunInfo) -> Analysis:
     rows, series, kinds = [], [], []
     requests: dict[tuple[str, int], StepRequests] = {}
     draws: dict[tuple[str, int], np.ndarray] = {}
-    with ThreadPoolExecutor(max_workers=_threads()) as pool:
-        for s, res in zip(info.steps, pool.map(lambda st: _one_step(info, st), info.steps)):
-            head, reqs, k, ser, d = res
-            rows.append(head)
-            requests[(s.variant, s.step)] = reqs
-            draws[(s.variant, s.step)] = d
-            if len(ser):
-                series.append(ser)
-            if len(k):
-                kinds.append(k)
+    results = _map_steps(lambda st: _one_step(info, st), info.steps)
+    for s, (head, reqs, k, ser, d) in zip(info.steps, results):
+        rows.append(head)
+        requests[(s.variant, s.step)] = reqs
+        draws[(s.variant, s.step)] = d
+        if len(ser):
+            series.append(ser)
+        if len(k):
+            kinds.append(k)
     steps = pd.DataFrame(rows)
     if steps.empty:
         raise AnalysisError(f"{info.path}: no steps to analyse (the manifest lists none and no request files exist)")
@@ -195,6 +208,12 @@ def _warnings(a: Analysis) -> list[str]:
         why = f": {r.step_error}" if isinstance(r.step_error, str) and r.step_error else ""
         out.append(f"{r.variant} step {r.step} is {r.status}{why.splitlines()[0] if why else ''}; "
                    f"it is left out of the curves")
+    empty = st[st.status.isin(["complete"]) & (st.requests == 0) & (st.requests_total > 0)]
+    if len(empty):
+        out.append("no request was sent inside the measured window of " + ", ".join(
+            f"{r.variant} step {r.step}" for r in empty.itertuples(index=False)) + ": their throughput counts the "
+            "tokens that arrived in the window, but they have no latency figures (the window is shorter than one "
+            "request there; lengthen sweep.duration_s or use sweep.requests)")
     sat = st[st.client_saturated.astype(bool)]
     if len(sat):
         out.append("the load generator was CPU-saturated in " + ", ".join(f"{r.variant} step {r.step}"

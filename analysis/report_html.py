@@ -64,8 +64,8 @@ details summary{cursor:pointer;font-weight:600;margin:6px 0}
 <p class="verdict">{{ verdict }}</p>
 {% for c in callouts %}<div class="callout">{{ c }}</div>{% endfor %}
 <div class="charts">
-{% if charts.throughput %}<figure><img alt="throughput against {{ level_word }}" src="{{ charts.throughput }}"></figure>{% endif %}
-{% if charts.speedup %}<figure><img alt="speedup against {{ level_word }}" src="{{ charts.speedup }}"></figure>{% endif %}
+{% if charts.get('throughput') %}<figure><img alt="throughput against {{ level_word }}" src="{{ charts.get('throughput') }}"></figure>{% endif %}
+{% if charts.get('speedup') %}<figure><img alt="speedup against {{ level_word }}" src="{{ charts.get('speedup') }}"></figure>{% endif %}
 </div>
 </section>
 
@@ -90,23 +90,23 @@ same crossing on the 95% bootstrap bounds of the speedup. "from N": already belo
 </section>
 
 <section id="latency"><h2>Latency and goodput</h2>
-{% if charts.latency %}<figure class="wide"><img alt="latency percentiles" src="{{ charts.latency }}"></figure>{% endif %}
-{% if charts.goodput %}<figure class="wide"><img alt="goodput" src="{{ charts.goodput }}"></figure>{% endif %}
+{% if charts.get('latency') %}<figure class="wide"><img alt="latency percentiles" src="{{ charts.get('latency') }}"></figure>{% endif %}
+{% if charts.get('goodput') %}<figure class="wide"><img alt="goodput" src="{{ charts.get('goodput') }}"></figure>{% endif %}
 </section>
 
 <section id="roofline"><h2>Roofline</h2>
 {% if roofline_unavailable %}<p class="warn">No roofline: {{ roofline_unavailable }}</p>{% else %}
 {% for s in roofline_sentences %}<p>{{ s }}</p>{% endfor %}
-{% if charts.roofline %}<figure><img alt="roofline" src="{{ charts.roofline }}"></figure>{% endif %}
+{% if charts.get('roofline') %}<figure><img alt="roofline" src="{{ charts.get('roofline') }}"></figure>{% endif %}
 <div class="scroll"><table><tr><th class="l">variant</th><th>{{ level_word }}</th><th>batch</th><th class="l">from</th><th>context</th><th>bound step</th><th>measured step (mean ITL)</th><th>share of bound</th><th class="l">regime</th><th>weights' share of bytes</th><th>FLOP/s share</th><th>bandwidth share</th></tr>
 {% for r in roofline_rows %}<tr><td class="l">{{ r.variant }}</td><td>{{ r.level }}</td><td>{{ r.batch }}</td><td class="l">{{ r.source }}</td><td>{{ r.context }}</td><td>{{ r.bound }}</td><td>{{ r.measured }}</td><td>{{ r.share }}</td><td class="l">{{ r.regime }}</td><td>{{ r.wshare }}</td><td>{{ r.flops }}</td><td>{{ r.bw }}</td></tr>{% endfor %}
 </table></div>{% endif %}
 </section>
 
 <section id="server"><h2>Server-side series</h2>
-{% if charts.server_series %}<figure><img alt="server series over time" src="{{ charts.server_series }}"></figure>
+{% if charts.get('server_series') %}<figure><img alt="server series over time" src="{{ charts.get('server_series') }}"></figure>
 {% else %}<p class="muted">No server metrics were scraped.</p>{% endif %}
-{% if charts.energy %}<h3>Energy</h3>{% for s in energy_sentences %}<p>{{ s }}</p>{% endfor %}<figure><img alt="energy" src="{{ charts.energy }}"></figure>{% endif %}
+{% if charts.get('energy') %}<h3>Energy</h3>{% for s in energy_sentences %}<p>{{ s }}</p>{% endfor %}<figure><img alt="energy" src="{{ charts.get('energy') }}"></figure>{% endif %}
 </section>
 
 <section id="agreement"><h2>Client and server agreement</h2>

@@ -12,10 +12,11 @@ other than `le` (engines, models).
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 GAP = "ridgeline:scrape_gap"
 UP = "ridgeline:scrape_up"
@@ -90,7 +91,10 @@ def counter_deltas(times: np.ndarray, keys: np.ndarray, values: np.ndarray, rese
     first scrape (then it counted from zero). A drop, or a sample at a reset-marked scrape, adds its
     whole value: the process restarted and counts from zero.
     """
-    order = np.lexsort((times, keys))
+    if times.size < 2 or np.all(times[1:] >= times[:-1]):  # rows come scrape by scrape: already in time order
+        order = np.argsort(keys, kind="stable")
+    else:
+        order = np.lexsort((times, keys))
     t, k, v = times[order], keys[order], values[order]
     n = len(v)
     delta = np.zeros(n)
@@ -101,7 +105,7 @@ def counter_deltas(times: np.ndarray, keys: np.ndarray, values: np.ndarray, rese
     prev = np.empty(n)
     prev[0] = np.nan
     prev[1:] = v[:-1]
-    reset = np.isin(t, reset_times)
+    reset = np.isin(t, reset_times) if len(reset_times) else np.zeros(n, bool)
     cont = ~new_series
     jump = cont & (reset | (v < prev))
     delta = np.where(cont, v - prev, 0.0)
@@ -126,16 +130,20 @@ def _window_times(scrapes: np.ndarray, w0: float, w1: float) -> Optional[tuple[f
 class _Step:
     """One step's scraped rows as numpy arrays, indexed by metric name once."""
 
-    def __init__(self, df: pd.DataFrame):
-        metric_codes, metric_names = pd.factorize(df["metric"].to_numpy(dtype=object))
-        label_codes, label_names = pd.factorize(df["labels"].to_numpy(dtype=object))
-        self.time = df["time"].to_numpy(dtype=float)
-        self.value = df["value"].to_numpy(dtype=float)
-        self.label_codes = label_codes
-        self.label_names = np.asarray(label_names, dtype=object)
+    def __init__(self, table: "pa.Table"):
+        table = table.unify_dictionaries().combine_chunks() if table.num_rows else table
+        metric = _dictionary(table.column("metric"))
+        labels = _dictionary(table.column("labels"))
+        metric_codes = np.asarray(metric.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        metric_names = metric.dictionary.to_pylist()
+        self.time = np.asarray(table.column("time").to_numpy(), dtype=float)
+        self.value = np.asarray(table.column("value").to_numpy(), dtype=float)
+        self.label_codes = np.asarray(labels.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        self.label_names = np.asarray(labels.dictionary.to_pylist(), dtype=object)
         order = np.argsort(metric_codes, kind="stable")
         bounds = np.searchsorted(metric_codes[order], np.arange(len(metric_names) + 1))
-        self.rows = {str(name): order[bounds[k]:bounds[k + 1]] for k, name in enumerate(metric_names)}
+        self.rows = {str(name): order[bounds[k]:bounds[k + 1]] for k, name in enumerate(metric_names)
+                     if bounds[k + 1] > bounds[k]}
         self.present = set(self.rows)
         up = self.time[self.rows.get(UP, [])]
         data = np.ones(len(self.time), bool)
@@ -180,9 +188,22 @@ class _Step:
         return float(d[(t > a) & (t <= b)].sum())
 
 
-def scraped(df: Optional[pd.DataFrame]) -> Optional["_Step"]:
-    """One step's scraped rows, indexed once for step_server_metrics and step_series (None: no rows)."""
-    return None if df is None or df.empty else _Step(df)
+def _dictionary(col: "pa.ChunkedArray") -> "pa.DictionaryArray":
+    arr = col.chunk(0) if col.num_chunks == 1 else pa.concat_arrays(col.chunks)
+    return arr if pa.types.is_dictionary(arr.type) else arr.dictionary_encode()
+
+
+def scraped(rows: Union[None, pd.DataFrame, "pa.Table"]) -> Optional["_Step"]:
+    """One step's scraped rows (a METRIC_SCHEMA table or frame), indexed once (None: no rows)."""
+    if rows is None:
+        return None
+    if isinstance(rows, pd.DataFrame):
+        if rows.empty:
+            return None
+        rows = pa.Table.from_pandas(rows[["time", "metric", "labels", "value"]], preserve_index=False)
+    if rows.num_rows == 0:
+        return None
+    return _Step(rows)
 
 
 def step_server_metrics(st: Optional["_Step"], w0: float, w1: float) -> dict[str, Any]:

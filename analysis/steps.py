@@ -24,11 +24,11 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from analysis.data import SLO, AnalysisError
 from analysis.goodput import judge_requests
+from analysis.gaps import Gaps, window_counts as _window_counts
 
 PERCENTILES = (50, 90, 95, 99)
 SLICES = 50  # the measured window is cut into this many equal slices for the throughput interval
@@ -49,6 +49,7 @@ class StepRequests:
     mean_gap_s: np.ndarray  # mean inter-token gap of the request (NaN without gaps)
     ok: np.ndarray  # bool
     slice_tokens: np.ndarray  # output tokens that arrived in each of SLICES equal slices of the window
+    slice_good_tokens: np.ndarray  # the same, of requests meeting the SLO
 
 
 def read_step_table(path: Path) -> pa.Table:
@@ -70,20 +71,39 @@ def _col(table: pa.Table, name: str, dtype: Any = np.float64, fill: Any = np.nan
     return np.asarray(arr.cast(pa.float64()).fill_null(fill).to_numpy(), dtype=dtype)
 
 
-def _pcts(values: np.ndarray, prefix: str) -> dict[str, float]:
+def quantiles(values: np.ndarray, qs: tuple[float, ...], in_place: bool = False) -> np.ndarray:
+    """numpy's linear-interpolation percentiles (qs in 0..100) from one sort of one copy.
+
+    One in-place sort is several times faster than numpy's partition with several kth (which
+    selects them one after another), and the copy is made at most once.
+    """
+    v = values if in_place else values.copy()
+    n = v.size
+    pos = np.asarray(qs, dtype=np.float64) / 100.0 * (n - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    v.sort()
+    a, b = v[lo].astype(np.float64), v[hi].astype(np.float64)
+    return a + (b - a) * (pos - lo)
+
+
+def _pcts(values: np.ndarray, prefix: str, in_place: bool = False) -> dict[str, float]:
+    """p50/p90/p95/p99, max and mean of the finite values."""
     out: dict[str, float] = {}
-    v = values[np.isfinite(values)]
+    v = values
+    if v.size and not np.isfinite(v).all():
+        v, in_place = v[np.isfinite(v)], True
     if v.size == 0:
         for p in PERCENTILES:
             out[f"{prefix}_p{p}_s"] = np.nan
         out[f"{prefix}_max_s"] = np.nan
         out[f"{prefix}_mean_s"] = np.nan
         return out
-    qs = np.percentile(v, PERCENTILES)
+    out[f"{prefix}_mean_s"] = float(v.mean(dtype=np.float64))
+    qs = quantiles(v, PERCENTILES + (100,), in_place)
     for p, q in zip(PERCENTILES, qs):
         out[f"{prefix}_p{p}_s"] = float(q)
-    out[f"{prefix}_max_s"] = float(v.max())
-    out[f"{prefix}_mean_s"] = float(v.mean())
+    out[f"{prefix}_max_s"] = float(qs[-1])
     return out
 
 
@@ -114,13 +134,7 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     if not have_window:
         w0 = w1 = np.nan
 
-    # sort by send time so bootstrap blocks are neighbours in time
     send = _col(table, "send_time")
-    order = np.argsort(send, kind="stable")
-    if n and not np.all(order == np.arange(n)):
-        table = table.take(pa.array(order))
-        send = send[order]
-
     phase = _col(table, "phase", object)
     status = _col(table, "status", object)
     ttft = _col(table, "ttft_s")
@@ -132,28 +146,10 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     ok = status == "ok"
     err = status == "error"
     cancelled = status == "cancelled"
-    has_first = np.isfinite(ttft)
-    t_first = send + np.where(has_first, ttft, 0.0)
-
-    # the gaps, flattened, with the row each belongs to
-    if "itl_s" in table.column_names and n:
-        itl = table.column("itl_s").combine_chunks()
-        gaps = np.asarray(pc.list_flatten(itl).to_numpy(zero_copy_only=False), dtype=np.float64)
-        parent = np.asarray(pc.list_parent_indices(itl).to_numpy(), dtype=np.int64)
-        counts = np.asarray(pc.list_value_length(itl).fill_null(0).to_numpy(), dtype=np.int64)
-    else:
-        gaps = np.zeros(0)
-        parent = np.zeros(0, np.int64)
-        counts = np.zeros(n, np.int64)
-    gap_ok = has_first[parent] & np.isfinite(gaps)
-    gaps = np.where(gap_ok, gaps, 0.0)
-    # arrival time of each event: first token time + cumulative gaps within its request
-    cs = np.cumsum(gaps)
-    starts = np.cumsum(counts) - counts
-    row_base = np.zeros(n)
-    has_gaps = counts > 0
-    row_base[has_gaps] = (cs - gaps)[starts[has_gaps]]
-    arrival = t_first[parent] + (cs - row_base[parent])
+    has_first = np.isfinite(ttft) & np.isfinite(send)
+    t_first = np.where(has_first, send + np.where(has_first, ttft, 0.0), np.nan)
+    g = Gaps.of(table, n)
+    counts = np.where(has_first, g.counts, 0)  # gaps of a request without a first token are ignored
 
     # tokens per event: usage tokens / events where both are known, else the step's median ratio
     events = np.where(events_col > 0, events_col, has_first.astype(float) + counts)
@@ -162,30 +158,22 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     default_ratio = float(np.median(known)) if known.size else 1.0
     weight = np.where(np.isfinite(ratio), ratio, default_ratio)
 
-    slices = np.zeros(SLICES)
-    if have_window:
-        first_in = has_first & (t_first >= w0) & (t_first <= w1)
-        gap_in = gap_ok & (arrival >= w0) & (arrival <= w1)
-        ev_in = first_in.astype(float) + np.bincount(parent[gap_in], minlength=n).astype(float)
-        scale = SLICES / window
-        idx = np.concatenate((((t_first[first_in] - w0) * scale), ((arrival[gap_in] - w0) * scale)))
-        w = np.concatenate((weight[first_in], weight[parent[gap_in]]))
-        slices = np.bincount(np.minimum(idx.astype(np.int64), SLICES - 1), weights=w, minlength=SLICES)
-    else:
-        ev_in = np.zeros(n)
-    tokens_in = ev_in * weight
-
     # per-request latencies
     tpot = np.where(ok & (out_tok > 1) & np.isfinite(e2e) & has_first, (e2e - ttft) / np.maximum(out_tok - 1, 1),
                     np.nan)
-    gap_sum = np.bincount(parent[gap_ok], weights=gaps[gap_ok], minlength=n)
-    gap_n = np.bincount(parent[gap_ok], minlength=n)
-    mean_gap = np.where(gap_n > 0, gap_sum / np.maximum(gap_n, 1), np.nan)
+    gap_sum = g.request_sums()
+    mean_gap = np.where(counts > 0, gap_sum / np.maximum(counts, 1), np.nan)
     # a request without an end (cancelled) was in flight until its last event
-    last = np.where(has_first, t_first + np.bincount(parent, weights=gaps, minlength=n), send)
+    last = np.where(has_first, t_first + np.where(has_first, gap_sum, 0.0), send)
     end = np.where(np.isfinite(e2e), send + e2e, last)
+    n_slow = g.count_above(slo.itl_s) if slo.itl_s is not None else np.zeros(n, np.int64)
+    good = judge_requests(slo, status, ttft, tpot, e2e, counts, n_slow)
 
-    good = judge_requests(slo, status, ttft, tpot, e2e, gaps, parent, gap_ok, n)
+    if have_window:
+        ev_in, slices, good_slices = _window_counts(g, has_first, t_first, last, weight, good, w0, w1, SLICES)
+    else:
+        ev_in, slices, good_slices = np.zeros(n), np.zeros(SLICES), np.zeros(SLICES)
+    tokens_in = ev_in * weight
 
     row: dict[str, Any] = {"window_start": w0, "window_s": window if have_window else np.nan}
     m_req = int(measure.sum())
@@ -216,7 +204,7 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     row["slo_attainment"] = float((good & judged).sum() / judged.sum()) if judged.any() else np.nan
 
     row.update(_pcts(ttft[measure & has_first], "ttft"))
-    row.update(_pcts(gaps[gap_ok & measure[parent]], "itl"))
+    row.update(_pcts(g.values_of(measure & has_first), "itl", in_place=True))
     row.update(_pcts(tpot[measure], "tpot"))
     row.update(_pcts(e2e[measure & ok], "e2e"))
     mo = measure & ok
@@ -230,7 +218,8 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
                                     sort_keys=True)
     reqs = StepRequests(tokens_in_window=tokens_in, good_tokens_in_window=np.where(good, tokens_in, 0.0),
                         measure=measure, ttft_s=ttft, e2e_s=np.where(ok, e2e, np.nan), tpot_s=tpot,
-                        mean_gap_s=mean_gap, ok=ok, slice_tokens=slices)
+                        mean_gap_s=mean_gap, ok=ok, slice_tokens=slices,
+                        slice_good_tokens=good_slices)
     return row, reqs, kinds
 
 

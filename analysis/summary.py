@@ -111,15 +111,32 @@ def served_problem(a: Analysis, variant: str) -> Optional[str]:
     return text + (f" ({why})" if why else "")
 
 
-def _crossing_text(c: Any, mode: str, last_level: float) -> str:
-    t = f"{c.threshold:g}x"
-    if c.level is None:
-        return f"stays above {t} up to {_fmt_level(last_level, mode)}"
-    if c.below_from_start:
-        return f"is below {t} from {_fmt_level(c.level, mode)}"
-    lo = _fmt_level(c.low, mode) if c.low is not None else "?"
-    hi = _fmt_level(c.high, mode) if c.high is not None else f"beyond {_fmt_level(last_level, mode)}"
-    return f"falls below {t} at {_fmt_level(c.level, mode)} (interval {lo}-{hi})"
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _crossings_text(crossings: list[Any], mode: str, word: str, first_level: float, last_level: float) -> str:
+    """'falls below 1.5x at 3.9 (interval 1 to 37) and 1.2x at 44 (...); stays above 1.0x up to 256'."""
+    L = lambda x: _fmt_level(x, mode)  # noqa: E731
+    falls, start, never = [], [], []
+    for c in sorted(crossings, key=lambda c: -c.threshold):
+        t = f"{threshold_key(c.threshold)}x"
+        if c.level is None:
+            never.append(t)
+        elif c.below_from_start:
+            start.append(t)
+        else:
+            lo = L(c.low) if c.low is not None else "?"
+            hi = L(c.high) if c.high is not None else f"beyond {L(last_level)}"
+            falls.append(f"{t} at {L(c.level)} (interval {lo} to {hi})")
+    groups = []
+    if start:
+        groups.append(f"is already below {_join(start)} at {word} {L(first_level)}")
+    if falls:
+        groups.append("falls below " + _join(falls))
+    if never:
+        groups.append(f"stays above {_join(never)} up to {L(last_level)}")
+    return "; ".join(groups)
 
 
 def verdict(a: Analysis) -> str:
@@ -147,10 +164,13 @@ def verdict(a: Analysis) -> str:
                 f"{_fmt_level(first.level, mode)}")
         if len(g) > 1:
             head += f" and {last.speedup:.2f}x at {_fmt_level(last.level, mode)}"
-        crossings = a.crossings.get(v, {})
-        texts = [_crossing_text(c, mode, float(last.level)) for _, c in sorted(crossings.items(), reverse=True)]
-        sentence = head + ("; it " + ", ".join(texts[:-1]) + (" and " if len(texts) > 1 else "") + texts[-1]
-                           if texts else "")
+        crossings = list(a.crossings.get(v, {}).values())
+        sentence = head
+        if crossings:
+            sentence += "; it " + _crossings_text(crossings, mode, word, float(first.level), float(last.level))
+        lo_ok = g.speedup_lo.notna() & g.speedup_hi.notna()
+        if lo_ok.any() and ((g.speedup_lo[lo_ok] <= 1.0) & (g.speedup_hi[lo_ok] >= 1.0)).all():
+            sentence += f"; at no {word} does it differ from {info.baseline} beyond the 95% interval"
         if problem:
             sentence = f"{problem}; as served, " + sentence
         parts.append(sentence + ".")
@@ -168,7 +188,7 @@ def verdict(a: Analysis) -> str:
         parts.append(f"No step of any variant met the SLO ({info.slo.describe()}) for {SLO_ATTAINMENT:.0%} of requests.")
     why = _roofline_sentence(a)
     if why:
-        parts.append(why[0].upper() + why[1:])
+        parts.append("In roofline terms: " + why)
     bad = a.steps[~a.steps.status.isin(["complete"])]
     if len(bad):
         parts.append(f"{len(bad)} step(s) did not complete and are left out of the curves.")

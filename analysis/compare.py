@@ -1,0 +1,233 @@
+"""Two runs side by side: per-step differences of one metric, whether they are real, and regressions.
+
+Steps are matched by variant name and load level (repeats pooled). A difference is significant when
+chance alone is an unlikely explanation:
+- throughput metrics (output and goodput tokens/s): the same time-slice bootstrap as the speedup
+  interval (analysis.speedup), run B's draws over run A's; significant when the 95% interval of
+  the ratio excludes 1;
+- latency metrics (TTFT, ITL, TPOT, end-to-end, any percentile): Welch's t-test on the per-request
+  values of the two steps (mean inter-token gap per request for ITL), significant at p < 0.05. The
+  test is on the per-request means; the difference shown is in the chosen statistic.
+- other metrics have no per-request values: their difference is shown untested.
+A regression is a change in the bad direction (lower throughput, higher latency) larger than the
+threshold (relative, 0.05 = 5%) that is significant, or untested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from analysis.data import AnalysisError
+from analysis.pipeline import Analysis, compute
+from analysis.speedup import RESAMPLES, bootstrap_rate, interval, seed_for
+from loadtest.results import ResultsError, RunDir
+
+HIGHER_IS_BETTER = {"output_tokens_per_s", "total_tokens_per_s", "prompt_tokens_per_s", "requests_per_s",
+                    "goodput_tokens_per_s", "goodput_requests_per_s", "slo_attainment",
+                    "server_generation_tokens_per_s"}
+SLICE_METRICS = {"output_tokens_per_s": "slice_tokens", "goodput_tokens_per_s": "slice_good_tokens"}
+REQUEST_METRICS = {"ttft": "ttft_s", "e2e": "e2e_s", "tpot": "tpot_s", "itl": "mean_gap_s"}
+ALPHA = 0.05
+
+
+@dataclass
+class StepDiff:
+    variant: str
+    level: float
+    a: Optional[float]
+    b: Optional[float]
+    change: Optional[float]  # (b - a) / a
+    change_lo: Optional[float]
+    change_hi: Optional[float]
+    p_value: Optional[float]
+    test: str  # bootstrap | welch | none
+    significant: Optional[bool]
+    regression: bool
+    improvement: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CompareResult:
+    run_a: str
+    run_b: str
+    metric: str
+    threshold: float
+    higher_is_better: bool
+    rows: list[StepDiff] = field(default_factory=list)
+    only_a: list[tuple[str, float]] = field(default_factory=list)
+    only_b: list[tuple[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[StepDiff]:
+        return [r for r in self.rows if r.regression]
+
+    def exit_code(self) -> int:
+        """0: no regression beyond the threshold; 1: at least one."""
+        return 1 if self.regressions else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_a": self.run_a, "run_b": self.run_b, "metric": self.metric, "threshold": self.threshold,
+                "higher_is_better": self.higher_is_better, "rows": [r.to_dict() for r in self.rows],
+                "only_a": self.only_a, "only_b": self.only_b, "notes": self.notes,
+                "regressions": len(self.regressions)}
+
+
+def _family(metric: str) -> Optional[str]:
+    for fam in REQUEST_METRICS:
+        if metric.startswith(fam + "_"):
+            return fam
+    return None
+
+
+def _level_steps(a: Analysis, variant: str, level: float) -> list[int]:
+    st = a.steps[(a.steps.variant == variant) & (a.steps.level == level) & a.steps.status.isin(["complete", "unlisted"])]
+    return [int(s) for s in st.step]
+
+
+def _draws(a: Analysis, variant: str, level: float, attr: str) -> np.ndarray:
+    ds = []
+    for s in _level_steps(a, variant, level):
+        req = a.requests.get((variant, s))
+        row = a.steps[(a.steps.variant == variant) & (a.steps.step == s)].iloc[0]
+        if req is None:
+            continue
+        rng = np.random.default_rng(seed_for("compare", variant, s, attr))
+        ds.append(bootstrap_rate(getattr(req, attr), row.window_s, rng))
+    return np.mean(ds, axis=0) if ds else np.full(RESAMPLES, np.nan)
+
+
+def _values(a: Analysis, variant: str, level: float, attr: str) -> np.ndarray:
+    vals = []
+    for s in _level_steps(a, variant, level):
+        req = a.requests.get((variant, s))
+        if req is not None:
+            v = getattr(req, attr)[req.measure]
+            vals.append(v[np.isfinite(v)])
+    return np.concatenate(vals) if vals else np.zeros(0)
+
+
+def _welch(x: np.ndarray, y: np.ndarray) -> Optional[float]:
+    if x.size < 2 or y.size < 2:
+        return None
+    from scipy import stats
+
+    if np.var(x) == 0 and np.var(y) == 0:
+        return 0.0 if x.mean() != y.mean() else 1.0
+    p = stats.ttest_ind(x, y, equal_var=False).pvalue
+    return float(p) if math.isfinite(p) else None
+
+
+def _load(run: Union[str, Path, RunDir]) -> Analysis:
+    return compute(run, use_cache=False)
+
+
+def compare(run_a: Union[str, Path, RunDir], run_b: Union[str, Path, RunDir], metric: str = "output_tokens_per_s",
+            threshold: float = 0.05) -> CompareResult:
+    """Run B against run A (the reference): per (variant, level) difference of `metric`, tested."""
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0 (a relative change, 0.05 = 5%), got {threshold}")
+    A, B = _load(run_a), _load(run_b)
+    for name, an in (("A", A), ("B", B)):
+        if metric not in an.levels.columns:
+            known = sorted(c for c in an.levels.columns if c not in ("variant", "level", "repeats"))
+            raise AnalysisError(f"metric {metric!r} is not a per-step column of run {name} "
+                                f"({an.info.path}); known: {', '.join(known)}")
+    higher = metric in HIGHER_IS_BETTER
+    res = CompareResult(str(A.info.path), str(B.info.path), metric, threshold, higher)
+    if A.info.backend != B.info.backend:
+        res.notes.append(f"the runs used different backends ({A.info.backend} vs {B.info.backend})")
+    if A.info.mode != B.info.mode:
+        res.notes.append(f"the runs swept different things ({A.info.mode} vs {B.info.mode}); levels are matched by value")
+    ka = {(r.variant, float(r.level)): r for r in A.levels.itertuples(index=False)}
+    kb = {(r.variant, float(r.level)): r for r in B.levels.itertuples(index=False)}
+    res.only_a = sorted(k for k in ka if k not in kb)
+    res.only_b = sorted(k for k in kb if k not in ka)
+    order = {v: i for i, v in enumerate(A.info.variants)}
+    for key in sorted((k for k in ka if k in kb), key=lambda k: (order.get(k[0], 1e9), k[1])):
+        v, level = key
+        xa, xb = getattr(ka[key], metric), getattr(kb[key], metric)
+        xa = float(xa) if xa is not None and np.isfinite(xa) else None
+        xb = float(xb) if xb is not None and np.isfinite(xb) else None
+        change = (xb - xa) / abs(xa) if xa not in (None, 0.0) and xb is not None else None
+        lo = hi = p = None
+        test = "none"
+        significant: Optional[bool] = None
+        if metric in SLICE_METRICS:
+            attr = SLICE_METRICS[metric]
+            da, db = _draws(A, v, level, attr), _draws(B, v, level, attr)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r_lo, r_hi = interval(db / da)
+            if np.isfinite(r_lo) and np.isfinite(r_hi):
+                lo, hi = r_lo - 1.0, r_hi - 1.0
+                test = "bootstrap"
+                significant = not (lo <= 0.0 <= hi)
+        elif _family(metric) is not None:
+            attr = REQUEST_METRICS[_family(metric)]
+            p = _welch(_values(A, v, level, attr), _values(B, v, level, attr))
+            if p is not None:
+                test = "welch"
+                significant = p < ALPHA
+        worse = change is not None and ((change < -threshold) if higher else (change > threshold))
+        better = change is not None and ((change > threshold) if higher else (change < -threshold))
+        regression = bool(worse and significant is not False)
+        res.rows.append(StepDiff(v, level, xa, xb, change, lo, hi, p, test, significant, regression,
+                                 bool(better and significant is not False)))
+    if not res.rows:
+        res.notes.append("no variant and level is in both runs")
+    return res
+
+
+def compare_cli(run_a: Union[str, Path], run_b: Union[str, Path], metric: str = "output_tokens_per_s",
+                threshold: float = 0.05) -> int:
+    """Print the comparison as a table; 0 when nothing regressed beyond the threshold, 1 when something
+    did, 2 when a run cannot be read."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    out = Console()
+    try:
+        res = compare(run_a, run_b, metric=metric, threshold=threshold)
+    except (ResultsError, ValueError) as exc:
+        Console(stderr=True).print(Text(f"error: {exc}", style="bold red"))
+        return 2
+    t = Table(title=Text(f"{metric}: {res.run_b} against {res.run_a}"), title_justify="left")
+    for col in ("variant", "level", "A", "B", "change", "95% interval", "p", "verdict"):
+        t.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
+    for r in res.rows:
+        verdict = ("REGRESSION" if r.regression else "improvement" if r.improvement
+                   else "not significant" if r.significant is False else "within threshold")
+        style = "bold red" if r.regression else ("green" if r.improvement else "")
+        t.add_row(Text(r.variant), f"{r.level:g}", _n(r.a), _n(r.b), _pct(r.change),
+                  f"{_pct(r.change_lo)} to {_pct(r.change_hi)}" if r.change_lo is not None else "–",
+                  f"{r.p_value:.3g}" if r.p_value is not None else "–", Text(verdict, style=style))
+    out.print(t)
+    for k in res.only_a:
+        out.print(Text(f"only in A: {k[0]} at {k[1]:g}"))
+    for k in res.only_b:
+        out.print(Text(f"only in B: {k[0]} at {k[1]:g}"))
+    for n in res.notes:
+        out.print(Text(f"note: {n}"))
+    n = len(res.regressions)
+    out.print(Text(f"{n} regression(s) beyond {threshold:.0%}" if n else f"no regression beyond {threshold:.0%}",
+                   style="bold red" if n else "bold green"))
+    return res.exit_code()
+
+
+def _n(x: Optional[float]) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x * 100:+.1f}%"
