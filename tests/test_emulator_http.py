@@ -92,6 +92,8 @@ def test_completions_stream_shapes_and_usage(shared):
     assert len({e["id"] for e in evs}) == 1
     assert usage["choices"] == []
     assert usage["usage"] == {"prompt_tokens": 4, "total_tokens": 10, "completion_tokens": 6}
+    assert usage["system_fingerprint"].startswith("vllm-0.24.0-")
+    assert len(evs[0]["id"]) == len("cmpl-") + 16
 
 
 def test_chat_stream_role_first_and_no_usage_unless_asked(shared):
@@ -105,6 +107,8 @@ def test_chat_stream_role_first_and_no_usage_unless_asked(shared):
     assert all(e["object"] == "chat.completion.chunk" and e["id"].startswith("chatcmpl-") for e in evs)
     assert [e["choices"][0]["finish_reason"] for e in evs] == [None, None, None, "length"]
     assert all(set(e["choices"][0]["delta"]) == {"content"} for e in evs[1:])
+    # without a usage event, the fingerprint rides on the last token's event (as vLLM does)
+    assert "system_fingerprint" in evs[-1] and all("system_fingerprint" not in e for e in evs[:-1])
 
 
 def test_non_streaming_bodies_and_prompt_counting(shared):
@@ -176,6 +180,8 @@ METRIC_TYPES = {
     "vllm:request_time_per_output_token_seconds": "histogram", "vllm:iteration_tokens_total": "histogram",
     "vllm:request_prompt_tokens": "histogram", "vllm:request_generation_tokens": "histogram",
     "vllm:cache_config_info": "gauge", "ridgeline_emulator:gpu_power_watts": "gauge",
+    "vllm:num_requests_waiting_by_reason": "gauge", "vllm:prompt_tokens_by_source": "counter",
+    "vllm:request_prefill_kv_computed_tokens": "histogram",
     "ridgeline_emulator:gpu_energy_joules": "counter",
 }
 

@@ -97,3 +97,31 @@ def test_event_shapes_match_real_vllm(emulator, capture, path, chat):
         assert kind in got, f"{capture}: the emulator sends no '{kind}' event"
         assert got[kind] == shape, f"{capture}: '{kind}' event differs\nvLLM:     {shape}\nemulator: {got[kind]}"
     assert set(got) <= set(want) | {"last"}, f"{capture}: the emulator sends extra event kinds {set(got) - set(want)}"
+
+
+@pytest.mark.parametrize("capture,path,chat", [("completions.json", "/v1/completions", False),
+                                               ("chat.json", "/v1/chat/completions", True)])
+def test_non_streaming_bodies_match_real_vllm(emulator, capture, path, chat):
+    real = json.loads(_capture(capture))
+    body = {"model": "tiny", "max_tokens": 4}
+    if chat:
+        body["messages"] = [{"role": "user", "content": "hello there"}]
+    else:
+        body["prompt"] = "hello there"
+    mine = json.loads(_emulated(emulator, path, body))
+    assert _shape(mine) == _shape(real)
+
+
+def test_metric_families_match_real_vllm(emulator):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    p = DATA.parent / "vllm_metrics" / "metrics.txt"
+    if not p.exists():
+        pytest.skip(f"no captured vLLM /metrics at {p}")
+    real = {f.name: f.type for f in text_string_to_metric_families(p.read_text()) if f.name.startswith("vllm:")}
+    with urllib.request.urlopen(emulator.url + "/metrics", timeout=10) as r:
+        mine = {f.name: f.type for f in text_string_to_metric_families(r.read().decode())
+                if f.name.startswith("vllm:")}
+    assert {k: (real[k], mine[k]) for k in mine if k in real and real[k] != mine[k]} == {}
+    assert sorted(set(mine) - set(real)) == []  # nothing vLLM does not have
+    assert sorted(set(real) - set(mine)) == []  # and nothing missing

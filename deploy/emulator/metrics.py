@@ -80,7 +80,9 @@ class FastHistogram:
             acc += n
             buckets.append((_fmt(bound), acc))
         buckets.append(("+Inf", acc + self.counts[-1]))
-        fam.add_metric(list(self.labels.values()), buckets, self.sum)
+        values = list(self.labels.values())
+        fam.add_metric(values, buckets, self.sum)
+        fam.add_sample(self.name + "_created", dict(self.labels), self.created)
         yield fam
 
 
@@ -114,6 +116,36 @@ class EmulatorMetrics:
         self.prefix_queries = counter("vllm:prefix_cache_queries",
                                       "Prefix cache queries, in terms of number of queried tokens.")
         self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.")
+        # newer vLLM families, kept so dashboards for either release find them (no KV connector,
+        # no multimodal cache, no queue limits, never asleep: those stay at zero)
+        by_reason = Gauge("vllm:num_requests_waiting_by_reason", "Number of waiting requests by reason.",
+                          ln + ["reason"], registry=reg)
+        self.waiting_capacity = by_reason.labels(model_name, engine, "capacity")
+        by_reason.labels(model_name, engine, "deferred").set(0)
+        sleep = Gauge("vllm:engine_sleep_state", "Engine sleep state; awake = 1 means engine is awake.",
+                      ln + ["sleep_state"], registry=reg)
+        for state, v in (("awake", 1), ("weights_offloaded", 0), ("discard_all", 0)):
+            sleep.labels(model_name, engine, state).set(v)
+        for name, doc in (("vllm:external_prefix_cache_queries", "External prefix cache queries (KV connector)."),
+                          ("vllm:external_prefix_cache_hits", "External prefix cache hits (KV connector)."),
+                          ("vllm:mm_cache_queries", "Multi-modal cache queries."),
+                          ("vllm:mm_cache_hits", "Multi-modal cache hits.")):
+            counter(name, doc)
+        rejections = Counter("vllm:admission_rejections", "Number of admission attempts rejected by a queue limit.",
+                             ["model_name", "reason"], registry=reg)
+        for reason in ("max_num_queued_reqs", "max_num_queued_tokens"):
+            rejections.labels(model_name, reason)
+        by_source = Counter("vllm:prompt_tokens_by_source", "Number of prompt tokens by source.", ln + ["source"],
+                            registry=reg)
+        self.prompt_computed = by_source.labels(model_name, engine, "local_compute")
+        self.prompt_cache_hit = by_source.labels(model_name, engine, "local_cache_hit")
+        by_source.labels(model_name, engine, "external_kv_transfer")
+        self.prompt_cached = counter("vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external).")
+        cached_by = Counter("vllm:prompt_tokens_cached_by_source", "Prefix-cache hit tokens by the cache tier.",
+                            ln + ["source"], registry=reg)
+        self.prompt_cached_device = cached_by.labels(model_name, engine, "device")
+        for src in ("host", "p2p", "disk", "external_unspecified"):
+            cached_by.labels(model_name, engine, src)
         self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.")
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
@@ -150,6 +182,9 @@ class EmulatorMetrics:
                            REQUEST_LATENCY_BUCKETS)
         self.req_preemptions = hist("vllm:request_num_preemptions", "Number of preemptions per finished request.",
                                     PREEMPTIONS_BUCKETS)
+        self.prefill_computed = hist("vllm:request_prefill_kv_computed_tokens",
+                                     "Histogram of new KV tokens computed during prefill (excluding cached tokens).",
+                                     tok_buckets)
         self.flops = counter("vllm:estimated_flops_per_gpu_total",
                              "Estimated number of floating point operations per GPU "
                              "(for Model Flops Utilization calculations).")
@@ -188,6 +223,7 @@ class EmulatorMetrics:
     def set_state(self, running: int, waiting: int, kv_usage: float) -> None:
         self.running.set(running)
         self.waiting.set(waiting)
+        self.waiting_capacity.set(waiting)
         self.kv_usage.set(kv_usage)
 
     def _account_idle(self, until: float) -> None:
@@ -252,6 +288,13 @@ class EmulatorMetrics:
             self.params_n.observe(1)
             self.params_max_tokens.observe(r.max_tokens)
             self.req_preemptions.observe(r.num_preemptions)
+            if r.first_token_time is not None:
+                self.prefill_computed.observe(r.prompt_len - r.cached_tokens)
+                self.prompt_computed.inc(r.prompt_len - r.cached_tokens)
+                if r.cached_tokens:
+                    self.prompt_cache_hit.inc(r.cached_tokens)
+                    self.prompt_cached.inc(r.cached_tokens)
+                    self.prompt_cached_device.inc(r.cached_tokens)
             if r.num_output > 1:
                 self.tpot.observe((last - first) / (r.num_output - 1))
 

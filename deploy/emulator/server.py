@@ -11,6 +11,7 @@ template's start and the assistant header.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from deploy.emulator.metrics import CONTENT_TYPE_LATEST, EmulatorMetrics
 from deploy.emulator.perf_model import Calibration, PerfModel
 from deploy.emulator.runtime import AsyncEngine
 from deploy.emulator.sim import default_limits
-from deploy.emulator.streams import Stream, error_response
+from deploy.emulator.streams import Stream, error_response, set_fingerprint
 from deploy.roofline import activation_reserve_bytes, compute_dtype, kv_capacity_tokens
 
 log = logging.getLogger("deploy.emulator")
@@ -177,6 +178,8 @@ def build(cfg: EmulatorConfig) -> Emulator:
             f"stored in KV cache ({kv_tokens}). Try increasing `gpu_memory_utilization` or decreasing "
             f"`max_model_len` when initializing the engine.")
     served = cfg.served_model_name or cfg.model
+    set_fingerprint(f"vllm-{EMULATED_VLLM_VERSION}-"
+                    + hashlib.sha256(repr(sorted(vars(cfg).items())).encode()).hexdigest()[:8])
     perf = PerfModel(model, gpu, cfg.weights, cfg.kv_cache_dtype, cal)
     core = EngineCore(EngineConfig(num_gpu_blocks=num_blocks, max_num_seqs=max_num_seqs,
                                    max_num_batched_tokens=max_batched, max_model_len=max_model_len,
@@ -198,6 +201,7 @@ def build(cfg: EmulatorConfig) -> Emulator:
     lines = [
         f"ridgeline emulator: modelled {gpu.name}, not a real GPU; emulating vLLM {EMULATED_VLLM_VERSION} "
         f"serving {model.name} ({cfg.weights} weights, kv_cache_dtype={kv_dtype})",
+        f"vLLM API server version {EMULATED_VLLM_VERSION} (emulated)",
         f"Resolved architecture: {model.architecture}",
         f"Using max model len {max_model_len}",
         f"Chunked prefill is enabled with max_num_batched_tokens={max_batched}.",

@@ -41,7 +41,17 @@ def _dumps(obj) -> str:
 
 
 def new_id(chat: bool) -> str:
-    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    """vLLM's request ids: a prefix and 16 hex digits."""
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:16]
+
+
+# what vLLM puts in system_fingerprint: "vllm-<version>-<8 hex digits of its config hash>"
+SYSTEM_FINGERPRINT = "vllm-0.24.0-emulated"
+
+
+def set_fingerprint(value: str) -> None:
+    global SYSTEM_FINGERPRINT
+    SYSTEM_FINGERPRINT = value
 
 
 def error_body(message: str, err_type: str = "BadRequestError", code: int = 400, param: Optional[str] = None) -> dict:
@@ -65,7 +75,7 @@ def completion_json(rid: str, created: int, model: str, text: str, finish: str, 
         "id": rid, "object": "text_completion", "created": created, "model": model,
         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None,
                      "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}],
-        "service_tier": None, "system_fingerprint": None,
+        "service_tier": None, "system_fingerprint": SYSTEM_FINGERPRINT,
         "usage": dict(usage(prompt, completion), prompt_tokens_details=None, completion_tokens_details=None),
         "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None,
     }
@@ -80,7 +90,7 @@ def chat_json(rid: str, created: int, model: str, text: str, finish: str, prompt
                                  "audio": None, "function_call": None, "reasoning": None},
                      "logprobs": None, "finish_reason": finish, "stop_reason": None, "token_ids": None,
                      "routed_experts": None}],
-        "service_tier": None, "system_fingerprint": None,
+        "service_tier": None, "system_fingerprint": SYSTEM_FINGERPRINT,
         "usage": dict(usage(prompt, completion), prompt_tokens_details=None, completion_tokens_details=None),
         "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None, "kv_transfer_params": None,
         "ec_transfer_params": None, "metrics": None,
@@ -163,7 +173,8 @@ class Stream:
         return ("data: " + _dumps({
             "id": self.rid, "object": "chat.completion.chunk" if self.chat else "text_completion",
             "created": self.created, "model": self.model, "choices": [],
-            "usage": usage(self.prompt_tokens, self.tokens)}) + "\n\n").encode()
+            "usage": usage(self.prompt_tokens, self.tokens), "system_fingerprint": SYSTEM_FINGERPRINT})
+                + "\n\n").encode()
 
     def emit(self, finish_reason: Optional[str]) -> None:
         """One new token; `finish_reason` set on the request's last token."""
@@ -183,7 +194,10 @@ class Stream:
             self._write(self._prefix + TOKEN_JSON[i] + self._mid)
             return
         self.finish_reason = finish_reason
-        last = self._prefix + TOKEN_JSON[i] + self._tail_fmt.format(finish_reason).encode()
+        tail = self._tail_fmt.format(finish_reason)
+        if not self.include_usage:  # vLLM stamps the fingerprint on the terminal chunk instead
+            tail = tail[:-3] + ',"system_fingerprint":' + _dumps(SYSTEM_FINGERPRINT) + "}\n\n"
+        last = self._prefix + TOKEN_JSON[i] + tail.encode()
         if self.include_usage:
             last += self.usage_event()
         self._write(last + DONE)
