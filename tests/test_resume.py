@@ -6,6 +6,7 @@ import os
 import signal
 
 import gevent
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -138,6 +139,16 @@ def test_resume_equals_an_uninterrupted_run(srv, tmp_path):
     assert (df.status == "ok").all()
     # nothing to do the second time
     assert prepare(run.path).done
+    # and the analysis sees the same steps and counts (timings aside)
+    from analysis import analyze
+
+    analyze(run.path)
+    analyze(ref.path)
+    cols = ["variant", "step", "concurrency", "status", "sent", "recorded", "requests", "ok", "errors", "cancelled",
+            "output_tokens_mean"]
+    got = pd.read_parquet(run.path / "steps.parquet")[cols].sort_values(["variant", "step"]).reset_index(drop=True)
+    want = pd.read_parquet(ref.path / "steps.parquet")[cols].sort_values(["variant", "step"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
 
 
 def test_changed_plan_is_refused_with_the_key_paths_unless_forced(srv, tmp_path):
