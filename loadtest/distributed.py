@@ -229,13 +229,14 @@ class DistributedDriver:
         self._cpu_max = 0.0
         self._measure_target = measure_requests
         self._accepting = True
+        start = time.time()
         for i, cid in enumerate(self.worker_ids):
             share = rate / self.n if rate is not None else None
             self.runner.send_message(MSG_STEP, {
                 "variant": variant, "step": step, "concurrency": concurrency, "rate": rate, "share": share,
                 # constant arrivals interleave: worker i starts i/rate after worker 0
                 "phase": (i / rate) if rate else 0.0,
-                "window_start": window_start, "window_end": window_end,
+                "window_start": window_start, "window_end": window_end, "start": start,
             }, client_id=cid)
         if concurrency is not None:
             spawn_rate = concurrency / ramp_s if ramp_s > 0 else max(concurrency * 1000.0, 1000.0)
@@ -416,7 +417,7 @@ class Worker:
         self.active = True
         if d["concurrency"] is None:
             drv.open_loop_phase = float(d.get("phase") or 0.0)
-            drv._start_open_loop(float(d["share"]))  # noqa: SLF001
+            drv._start_open_loop(float(d["share"]), start_wall=d.get("start"))  # noqa: SLF001
 
     def on_stop(self, environment, msg) -> None:  # noqa: ANN001
         if self.driver is not None:

@@ -93,14 +93,15 @@ class LocalDriver:
         else:
             self._start_open_loop(rate)
 
-    def _start_open_loop(self, rate: float) -> None:
+    def _start_open_loop(self, rate: float, start_wall: Optional[float] = None) -> None:
         """Send on a schedule fixed in advance, whatever the server does (no coordinated omission).
 
         Each arrival is due at t0 + offset; its record keeps that as scheduled_time, and send_time is
         when it really went out, so lateness = send_time - scheduled_time shows a client falling
         behind. Only max_concurrency (when set) holds an arrival back, and then it is sent late,
         never skipped. The connection pool is as large as the cap, so no request waits for a socket
-        after its clock has started.
+        after its clock has started. `start_wall` (epoch seconds) anchors the schedule to a step start
+        decided elsewhere (a worker told late still sends on the master's schedule, late).
         """
         cap = self.max_concurrency
         self._pool = gevent.pool.Pool(cap) if cap else gevent.pool.Group()
@@ -109,6 +110,8 @@ class LocalDriver:
         ctl = self.control
         client, pool = self._client, self._pool
         t0 = time.perf_counter()
+        if start_wall is not None:
+            t0 -= max(0.0, time.time() - start_wall)
 
         def send(due: float) -> None:
             req = self.workload.next_request()
@@ -120,7 +123,10 @@ class LocalDriver:
                 delay = due - time.perf_counter()
                 if delay > 0:
                     gevent.sleep(delay)
-                if not ctl.accepting:
+                # an arrival due inside a timed window is sent even if the dispatcher is behind when
+                # the window closes: late, never dropped (a count window closes on its last send)
+                if not ctl.accepting and (ctl.window_end is None or ctl.measure_requests is not None
+                                          or wall(due) >= ctl.window_end):
                     return
                 pool.spawn(send, due)  # blocks only at the cap: the wait shows as lateness
 

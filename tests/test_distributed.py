@@ -64,12 +64,13 @@ def test_two_workers_open_loop_share_the_rate(null_server, tmp_path):
     man, df = _sweep(srv, tmp_path, "{mode: rate, rates: [60], arrival: constant, warmup_s: 0.2, duration_s: 1.5, "
                                     "drain_s: 5}")
     s = man["steps"][0]
-    assert s["sent"] == s["recorded"] and 90 <= s["recorded"] <= 115
+    assert s["sent"] == s["recorded"] and 95 <= s["recorded"] <= 110  # 1.7 s at 60/s
     assert df.worker.nunique() == 2
     sched = df.scheduled_time.sort_values().diff().dropna()
     # the two workers' constant schedules interleave into one at the full rate
     assert abs(sched.median() - 1 / 60) < 0.003
-    assert ((df.send_time - df.scheduled_time) < 0.05).mean() > 0.98
+    # workers told of the step late catch up on the master's schedule: late, never skipped
+    assert (df.send_time - df.scheduled_time).median() < 0.02
 
 
 def test_count_window_holds_exactly_n_measured(null_server, tmp_path):
