@@ -426,22 +426,22 @@ class GpuSampler:
         if not force and now < self._next:
             return False
         self._next = now + self.interval_s
-        return self.sample(now)
+        return self.sample()
 
-    def sample(self, t: Optional[float] = None) -> bool:
-        """Read the source now (at time `t`, default the clock)."""
+    def sample(self) -> bool:
+        """Read the source now, stamped halfway through the reading (an HTTP fetch takes a while)."""
         if self.source is None:
             return False
-        t = self.clock() if t is None else t
+        t0 = self.clock()
         self.buffer.samples += 1
         try:
             rows = self.source.read()
         except Exception as exc:  # noqa: BLE001 - a failed reading is a gap, never a failed step
             self.buffer.failures += 1
             self.buffer.last_error = f"{type(exc).__name__}: {exc}"
-            self.buffer.add(t, [(GAP, labels_json({"source": self.source.name}), 1.0)])
+            self.buffer.add((t0 + self.clock()) / 2, [(GAP, labels_json({"source": self.source.name}), 1.0)])
             return False
-        self.buffer.add(t, [(m, labels_json(lab), v) for m, lab, v in rows])
+        self.buffer.add((t0 + self.clock()) / 2, [(m, labels_json(lab), v) for m, lab, v in rows])
         return True
 
     def table(self) -> pa.Table:
