@@ -234,6 +234,8 @@ def test_the_cluster_plan_runs_external_against_the_services(tmp_path, api_key):
     assert claims["results"]["persistentVolumeClaim"]["claimName"] == "ridgeline-results"
     workers = yaml.safe_load((tmp_path / "k8s" / "load" / "run" / "worker-deployment.yaml").read_text())
     assert workers["spec"]["replicas"] == 3
+    loop = workers["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert loop[:2] == ["sh", "-c"] and "loadtest.distributed worker --master-host ridgeline-runner" in loop[2]
     locust = yaml.safe_load((tmp_path / "k8s" / "load" / "locust" / "worker-deployment.yaml").read_text())
     assert locust["spec"]["replicas"] == 3
     cmd = locust["spec"]["template"]["spec"]["containers"][0]["command"]

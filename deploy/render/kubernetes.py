@@ -439,9 +439,11 @@ def run_objects(plan: Any) -> dict[str, dict[str, Any]]:
     }
     if k.locust_workers > 0:
         out["runner-service.yaml"] = _service(plan, "ridgeline-runner", "runner", [("master", MASTER_PORT)])
-        worker = _ridgeline_container(
-            plan, "ridgeline-worker", ["python3", "-m", "loadtest.distributed", "worker", "--master-host",
-                                       "ridgeline-runner", "--master-port", str(MASTER_PORT)])
+        # the master exists only while the Job runs: a worker that loses it (or never found it) starts again
+        # at once, rather than in the back-off a crashed container gets
+        loop = (f"while true; do python3 -m loadtest.distributed worker --master-host ridgeline-runner "
+                f"--master-port {MASTER_PORT}; sleep 5; done")
+        worker = _ridgeline_container(plan, "ridgeline-worker", ["sh", "-c", loop])
         worker.pop("volumeMounts")
         out["worker-deployment.yaml"] = _deployment(plan, "ridgeline-run-worker", "runner-worker",
                                                     k.locust_workers, worker, [])
