@@ -8,7 +8,7 @@ per-step overhead:
     lm_head         max(vocab x hidden x 2 bytes / BW, 2 x vocab x hidden x sampled rows / peak)
     attention       max(KV bytes read and written / BW_attn, attention FLOPs / peak_attn)
     elementwise     activation bytes / BW  (norms, rotary, SiLU, residual adds)
-    overhead        per step + per sequence (scheduling, input preparation, sampling)
+    overhead        per step, per layer and per sequence (scheduling, launch gaps, sampling)
 
 "max" is a soft maximum, (a^k + b^k)^(1/k), because a kernel near its ridge point overlaps memory
 and compute imperfectly (k fitted to the bf16 linear-layer table of the H100 anchors).
