@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.pipeline import Analysis
+from analysis.summary import threshold_key
 
 DPI = 110
 
@@ -64,9 +65,10 @@ def _plain_log(ax, axis: str = "y") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, **margins: float) -> Path:
+    """Fixed margins instead of tight_layout, which draws the figure a second time to measure it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.subplots_adjust(**{"left": 0.1, "right": 0.96, "bottom": 0.12, "top": 0.91, **margins})
     fig.savefig(path, dpi=DPI)
     _plt().close(fig)
     return path
@@ -101,7 +103,7 @@ def throughput_chart(a: Analysis, path: Path) -> Optional[Path]:
     ax.set_ylabel("output tokens/s (in the measured window)")
     ax.set_title(_title(a, "Throughput against load (circles: knee; bars: 95% interval)"), fontsize=10)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return _save(fig, path, left=0.11)
 
 
 def speedup_chart(a: Analysis, path: Path) -> Optional[Path]:
@@ -127,13 +129,13 @@ def speedup_chart(a: Analysis, path: Path) -> Optional[Path]:
                         color=col[v], capsize=4, markeredgecolor="black", zorder=5)
     for t in a.info.thresholds:
         ax.axhline(t, color="grey", linestyle="--", linewidth=0.9)
-        ax.annotate(f"{t:g}x", xy=(1.0, t), xycoords=("axes fraction", "data"), xytext=(3, 0),
+        ax.annotate(f"{threshold_key(t)}x", xy=(1.0, t), xycoords=("axes fraction", "data"), xytext=(3, 0),
                     textcoords="offset points", va="center", fontsize=8, color="grey")
     _xaxis(ax, a, sp.level)
     ax.set_ylabel(f"speedup over {label(a.baseline)} (output tokens/s)")
     ax.set_title(_title(a, "Speedup; diamonds: threshold crossings with their interval"), fontsize=10)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return _save(fig, path, right=0.92)
 
 
 def latency_chart(a: Analysis, path: Path) -> Optional[Path]:
@@ -161,7 +163,7 @@ def latency_chart(a: Analysis, path: Path) -> Optional[Path]:
         ax.set_title(name, fontsize=10)
     axes[0].legend(fontsize="x-small", ncol=2)
     fig.suptitle(_title(a, "Latency percentiles of measured requests"), fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, left=0.06, right=0.99, bottom=0.14, top=0.85, wspace=0.28)
 
 
 def goodput_chart(a: Analysis, path: Path) -> Optional[Path]:
@@ -189,7 +191,7 @@ def goodput_chart(a: Analysis, path: Path) -> Optional[Path]:
     ax2.set_ylim(-3, 103)
     ax2.set_title(label(f"SLO: {a.info.slo.describe()}", 90), fontsize=10)
     ax1.legend(fontsize="small")
-    return _save(fig, path)
+    return _save(fig, path, left=0.07, right=0.99, bottom=0.14, top=0.9, wspace=0.22)
 
 
 def roofline_chart(a: Analysis, path: Path) -> Optional[Path]:
@@ -224,7 +226,7 @@ def roofline_chart(a: Analysis, path: Path) -> Optional[Path]:
     ax.set_title(label(f"Roofline: {model} on {gpu}, context {roof.context_tokens or 0:.0f} tokens "
                        f"(lines: bound; dots: measured; dotted: ridge)", 120), fontsize=9)
     ax.legend(fontsize="x-small")
-    return _save(fig, path)
+    return _save(fig, path, left=0.11, top=0.92)
 
 
 def server_series_chart(a: Analysis, path: Path) -> Optional[Path]:
@@ -266,7 +268,7 @@ def server_series_chart(a: Analysis, path: Path) -> Optional[Path]:
     axes[0].legend(fontsize="x-small", loc="upper left")
     fig.suptitle(_title(a, f"Server series; shaded: {label(ref)}'s measured windows, labelled with the load"),
                  fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, left=0.08, right=0.98, bottom=0.07, top=0.93, hspace=0.12)
 
 
 CHARTS = {

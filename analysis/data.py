@@ -175,7 +175,7 @@ def load_run(run_dir: Union[str, Path, RunDir]) -> RunInfo:
     if raw:
         try:
             plan = Plan.model_validate(raw)
-        except Exception as exc:  # noqa: BLE001 - any schema drift: fall back to the raw settings
+        except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             warnings.append(f"the manifest's plan does not validate against this version's schema ({first}); "
                             f"its settings are read as they are")

@@ -100,7 +100,6 @@ def window_counts(g: Gaps, has_first: np.ndarray, t_first: np.ndarray, last: np.
     events all came before adds its total, so only the (request, bound) pairs where the bound falls
     inside the request's span [first token, last event] need a search.
     """
-    n = has_first.size
     window = w1 - w0
     bounds = w0 + window * np.arange(slices + 1) / slices
     bounds[-1] = w1

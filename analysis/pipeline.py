@@ -24,8 +24,16 @@ from analysis import server_metrics as sm
 from analysis.agreement import agreement_columns
 from analysis.data import AnalysisError, RunInfo, load_run
 from analysis.roofline import Roofline, analyse_roofline
-from analysis.speedup import (Capacity, Crossing, bootstrap_rate, capacities, crossovers, level_table, seed_for,
-                              speedup_table)
+from analysis.speedup import (
+    Capacity,
+    Crossing,
+    bootstrap_rate,
+    capacities,
+    crossovers,
+    level_table,
+    seed_for,
+    speedup_table,
+)
 from analysis.steps import StepRequests, aggregate_step, level_of, read_step_table
 from loadtest.records import REQUEST_SCHEMA
 from loadtest.results import RunDir

@@ -16,7 +16,6 @@ from typing import Any, Optional
 
 import jinja2
 import numpy as np
-import pandas as pd
 
 from analysis import fmt
 from analysis.agreement import AGREEMENT_PCT
@@ -169,7 +168,7 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
     info = a.info
     mode = info.mode
     word = info.level_name()
-    lvl = lambda x: fmt.level(x, mode)  # noqa: E731
+    lvl = lambda x: fmt.level(x, mode)
     m = info.manifest
     others = [v for v in info.variants if v != info.baseline]
 

@@ -37,7 +37,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Optional[str] = None) -> str:
     info = a.info
     mode = info.mode
-    lvl = lambda x: fmt.level(x, mode)  # noqa: E731
+    lvl = lambda x: fmt.level(x, mode)
     word = info.level_name()
     others = [v for v in info.variants if v != info.baseline]
     if verdict is None:

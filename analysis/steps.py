@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.data import SLO, AnalysisError
+from analysis.gaps import Gaps
+from analysis.gaps import window_counts as _window_counts
 from analysis.goodput import judge_requests
-from analysis.gaps import Gaps, window_counts as _window_counts
 
 PERCENTILES = (50, 90, 95, 99)
 SLICES = 50  # the measured window is cut into this many equal slices for the throughput interval

@@ -19,7 +19,12 @@ import pyarrow as pa
 from analysis.pipeline import Analysis, compute, finite
 from analysis.roofline import explain
 from analysis.speedup import SLO_ATTAINMENT, interval
-from loadtest.results import RunDir, atomic_write_json, atomic_write_table, atomic_write_text
+from loadtest.results import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_table,
+    atomic_write_text,
+)
 
 STEP_KEYS = [
     "step", "repeat", "status", "concurrency", "rate", "level", "window_s", "output_tokens_per_s",
@@ -117,7 +122,7 @@ def _join(items: list[str]) -> str:
 
 def _crossings_text(crossings: list[Any], mode: str, word: str, first_level: float, last_level: float) -> str:
     """'falls below 1.5x at 3.9 (interval 1 to 37) and 1.2x at 44 (...); stays above 1.0x up to 256'."""
-    L = lambda x: _fmt_level(x, mode)  # noqa: E731
+    L = lambda x: _fmt_level(x, mode)
     falls, start, never = [], [], []
     for c in sorted(crossings, key=lambda c: -c.threshold):
         t = f"{threshold_key(c.threshold)}x"

@@ -53,7 +53,6 @@ def closed_loop(variant: str, step: int, m: StepModel, t_start: float, rng: np.r
     """The request rows of one modelled step, its StepInfo, and what metrics_for needs."""
     w0 = t_start + m.warmup_s
     w1 = w0 + m.duration_s
-    mean_len = np.mean(m.output_tokens) if isinstance(m.output_tokens, tuple) else m.output_tokens
     min_dur = m.ttft_s + (max(1, (min(m.output_tokens) if isinstance(m.output_tokens, tuple) else m.output_tokens)) - 1) * m.gap_s * (1 - m.jitter)
     per_user = int((w1 - t_start) / max(min_dur, 1e-6)) + 2
     n = per_user * m.concurrency

@@ -6,8 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.server_metrics import (counter_deltas, histogram_quantile, scraped, step_series,
-                                     step_server_metrics)
+from analysis.server_metrics import (
+    counter_deltas,
+    histogram_quantile,
+    scraped,
+    step_series,
+    step_server_metrics,
+)
 
 BASE = {"engine": "0", "model_name": "m"}
 

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from analysis import analyze
-from analysis.speedup import (RESAMPLES, bootstrap_rate, crossover, first_crossing, interval, knee,
-                              ratio_interval)
+from analysis.speedup import (
+    RESAMPLES,
+    bootstrap_rate,
+    crossover,
+    first_crossing,
+    interval,
+    knee,
+    ratio_interval,
+)
 from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
 
 # a speedup of 1.3 at 32 and this much at 64 crosses 1.2 at 48 exactly, interpolating in log2

@@ -8,8 +8,14 @@ import pytest
 
 from analysis import analyze
 from analysis.data import AnalysisError
-from analysis.synthetic import RunModel, StepModel, build_run, closed_loop, manifest, plan_dict
-from loadtest.records import StepInfo
+from analysis.synthetic import (
+    RunModel,
+    StepModel,
+    build_run,
+    closed_loop,
+    manifest,
+    plan_dict,
+)
 from loadtest.results import RunDir, atomic_write_table
 
 LEVELS = (1, 4, 16, 64)
