@@ -85,6 +85,13 @@ case "$cmd" in
     cp "$RUNS/$name.log" "$tmp/$(basename "$run")/ridgeline-console.log" 2>/dev/null || true
     rm -f "$OUT/run-$name.tgz".part*
     tar czf - -C "$tmp" "$(basename "$run")" | split -b 15m -d -a 2 - "$OUT/run-$name.tgz.part"
+    if [ "$(cat "$OUT/run-$name.tgz".part* | wc -c)" -gt $((58 * 1024 * 1024)) ]; then
+      # at most 64 MiB come back in all: the scraped series are the first thing to leave out
+      echo "bg: over 58 MiB packed; leaving out metrics/ (the scraped series) to fit what comes back"
+      rm -f "$OUT/run-$name.tgz".part*
+      tar czf - -C "$tmp" --exclude="$(basename "$run")/metrics" "$(basename "$run")" |
+        split -b 15m -d -a 2 - "$OUT/run-$name.tgz.part"
+    fi
     rm -rf "$tmp"
     echo "bg: packed $(basename "$run") into $(ls "$OUT/run-$name.tgz".part* | wc -l) piece(s) of at most 15 MiB:" \
          "$(du -ch "$OUT/run-$name.tgz".part* | tail -1 | cut -f1)"

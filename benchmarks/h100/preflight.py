@@ -17,15 +17,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-MODULES = ["vllm", "vllm.entrypoints.openai.api_server", "locust", "gevent", "geventhttpclient", "zmq", "pydantic",
-           "typer", "rich", "pandas", "pyarrow", "prometheus_client", "matplotlib", "yaml", "aiohttp", "psutil",
-           "tokenizers", "numpy", "loadtest.plan", "loadtest.runner", "deploy.launcher", "scenarios.workload",
-           "analysis"]
+# two processes, as on the host: the vLLM server, and ridgeline's client (which patches the standard
+# library with gevent before anything else, as loadtest.cli does; vLLM never runs in such a process)
+GROUPS = {
+    "vllm": ["vllm", "vllm.entrypoints.openai.api_server"],
+    "ridgeline": ["loadtest.cli", "locust", "gevent", "geventhttpclient", "zmq", "pydantic", "typer", "rich",
+                  "pandas", "pyarrow", "prometheus_client", "matplotlib", "yaml", "aiohttp", "psutil", "tokenizers",
+                  "numpy", "loadtest.plan", "loadtest.runner", "deploy.launcher", "deploy.servers",
+                  "scenarios.workload", "analysis"],
+}
 
 # a Llama decoder block's linear layers as vLLM names them (fused where vLLM fuses them)
 LLAMA_LINEARS = ["model.layers.0.self_attn.qkv_proj", "model.layers.0.self_attn.o_proj",
@@ -60,14 +66,29 @@ def gptq_layers(model_dir: Path) -> dict[str, bool]:
             for p in LLAMA_LINEARS}
 
 
+def import_groups() -> list[str]:
+    """Each group's imports in its own interpreter; the names of the modules that failed."""
+    failed = []
+    for group in GROUPS:
+        r = subprocess.run([sys.executable, __file__, "--group", group], capture_output=True, text=True)
+        sys.stdout.write(r.stdout)
+        failed += [ln.split()[1].rstrip(":") for ln in r.stdout.splitlines() if ln.startswith("FAIL")]
+        if r.returncode not in (0, 1):
+            failed.append(f"{group} (interpreter exited {r.returncode}: {r.stderr.strip()[-300:]})")
+    return failed
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gptq-model", type=Path, help="a GPTQ model directory to check")
     ap.add_argument("--skip-imports", action="store_true")
+    ap.add_argument("--group", choices=sorted(GROUPS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    failed = [] if args.skip_imports else check_imports(MODULES)
+    if args.group is not None:
+        return 1 if check_imports(GROUPS[args.group]) else 0
+    failed = [] if args.skip_imports else import_groups()
     if failed:
-        print(f"PREFLIGHT: {len(failed)} module(s) missing or broken: " + "; ".join(f.split(':')[0] for f in failed))
+        print(f"PREFLIGHT: {len(failed)} module(s) missing or broken: " + "; ".join(failed))
     if failed:
         return 1
     if args.gptq_model is not None:
