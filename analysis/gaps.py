@@ -92,8 +92,10 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def window_counts(g: Gaps, has_first: np.ndarray, t_first: np.ndarray, last: np.ndarray, weight: np.ndarray,
-                  good: np.ndarray, w0: float, w1: float, slices: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Token events inside [w0, w1] per request, and weighted tokens per slice (all, and of good requests).
+                  good: np.ndarray, w0: float, w1: float, slices: int = 50
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Token events inside [w0, w1] per request, weighted tokens per slice (all, and of good requests),
+    and the mean gap that ended inside the window (whichever request it belongs to).
 
     Per slice the weighted count is the difference of F(b) = sum over requests of weight x (events
     before b) at the slice's bounds. A request whose events all come after b adds 0 to F(b), one whose
@@ -112,10 +114,15 @@ def window_counts(g: Gaps, has_first: np.ndarray, t_first: np.ndarray, last: np.
 
     cand = np.nonzero(has_first & (g.counts > 0) & (last >= w0) & (t_first <= w1))[0]
     if cand.size == 0:
-        return ev, per_slice, good_slice
+        return ev, per_slice, good_slice, np.nan
     total = g.counts[cand].astype(np.float64)
-    # events inside the window, per request
-    ev[cand] += g.before(cand, t_first, np.full(cand.size, w1), True) - g.before(cand, t_first, np.full(cand.size, w0), False)
+    # events inside the window, per request; their gaps are a contiguous run of the running sum
+    b0 = g.before(cand, t_first, np.full(cand.size, w0), False)
+    b1 = g.before(cand, t_first, np.full(cand.size, w1), True)
+    ev[cand] += b1 - b0
+    s = g.starts[cand]
+    n_in = float((b1 - b0).sum())
+    mean_gap = float((g.cs[s + b1] - g.cs[s + b0]).sum() / n_in) if n_in else np.nan
     # F at each bound: requests entirely before it, plus a search where the bound cuts a request
     k_lo = np.searchsorted(bounds, t_first[cand], side="left")  # first bound at or after the first token
     k_hi = np.searchsorted(bounds, last[cand], side="right")  # first bound after the last event
@@ -139,4 +146,4 @@ def window_counts(g: Gaps, has_first: np.ndarray, t_first: np.ndarray, last: np.
         F_good += _wbin(kk, good_w[cand[r]] * b, slices + 1)
     per_slice += np.diff(F)
     good_slice += np.diff(F_good)
-    return ev, per_slice, good_slice
+    return ev, per_slice, good_slice, mean_gap

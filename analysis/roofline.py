@@ -3,7 +3,7 @@
 The batch of a step is the mean number of requests running (the server's own gauge; without
 scrapes, the client's mean requests in flight). Its context is the mean prompt plus half the mean
 output (a decoding sequence is on average half way through). The measured time of a decode step
-is the mean inter-token gap. deploy.roofline gives the lower bound of a decode step of that batch
+is the mean of the inter-token gaps that ended inside the window (any request's). deploy.roofline gives the lower bound of a decode step of that batch
 and context for the variant's weights and KV-cache dtype on the plan's GPU, and whether it is
 limited by memory bandwidth or by compute; the ridge batch is where the two limits meet.
 """
@@ -80,7 +80,9 @@ def analyse_roofline(info: RunInfo, steps: pd.DataFrame) -> Roofline:
         batch, source = row.get("server_running_mean"), "server"
         if not (isinstance(batch, float) and math.isfinite(batch) and batch > 0):
             batch, source = row.get("client_in_flight_mean"), "client"
-        measured = row.get("itl_mean_s")
+        measured = row.get("window_itl_mean_s")
+        if not (isinstance(measured, float) and math.isfinite(measured)):
+            measured = row.get("itl_mean_s")
         ctx = _context(pd.Series(row), info)
         contexts.append(ctx)
         out = {c: np.nan for c in COLUMNS}

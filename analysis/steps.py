@@ -171,9 +171,10 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     good = judge_requests(slo, status, ttft, tpot, e2e, counts, n_slow)
 
     if have_window:
-        ev_in, slices, good_slices = _window_counts(g, has_first, t_first, last, weight, good, w0, w1, SLICES)
+        ev_in, slices, good_slices, window_gap = _window_counts(g, has_first, t_first, last, weight, good, w0, w1,
+                                                                SLICES)
     else:
-        ev_in, slices, good_slices = np.zeros(n), np.zeros(SLICES), np.zeros(SLICES)
+        ev_in, slices, good_slices, window_gap = np.zeros(n), np.zeros(SLICES), np.zeros(SLICES), np.nan
     tokens_in = ev_in * weight
 
     row: dict[str, Any] = {"window_start": w0, "window_s": window if have_window else np.nan}
@@ -213,6 +214,7 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     row["prompt_tokens_mean"] = (float(np.nanmean(prompt_tok[measure])) if measure.any()
                                  and np.isfinite(prompt_tok[measure]).any() else np.nan)
     row["tokens_per_event"] = default_ratio
+    row["window_itl_mean_s"] = window_gap  # every gap that ended inside the window, any request
 
     kinds = _errors_by_kind(table, err)
     row["error_kinds"] = json.dumps({str(k): int(c) for k, c in zip(kinds.error_kind, kinds["count"])},

@@ -162,7 +162,9 @@ def verdict(a: Analysis) -> str:
         g = sp[sp.variant == v].sort_values("level")
         g = g[g.speedup.notna()]
         if g.empty:
-            parts.append(f"{v}: no step to compare with {info.baseline}." if not problem else f"{problem}.")
+            errs = a.steps[(a.steps.variant == v) & a.steps.step_error.notna()].step_error
+            why = f" (its steps: {str(errs.iloc[0]).splitlines()[0]})" if len(errs) else ""
+            parts.append(f"{v}: no step to compare with {info.baseline}{why}." if not problem else f"{problem}.")
             continue
         first, last = g.iloc[0], g.iloc[-1]
         head = (f"{v} gives {first.speedup:.2f}x {info.baseline}'s output throughput at {word} "
@@ -183,8 +185,10 @@ def verdict(a: Analysis) -> str:
     if caps:
         best = max(caps.values(), key=lambda c: c.output_tokens_per_s or 0)
         base = caps.get(info.baseline)
+        most = "the most" if len(caps) > 1 else ""
         text = (f"Under the SLO ({info.slo.describe()}, met by {SLO_ATTAINMENT:.0%} of requests) {best.variant} "
-                f"sustains the most: {best.output_tokens_per_s:.0f} tokens/s at {word} {_fmt_level(best.level, mode)}")
+                f"sustains {most}{': ' if most else ''}{best.output_tokens_per_s:.0f} tokens/s at {word} "
+                f"{_fmt_level(best.level, mode)}")
         if base is not None and best.variant != info.baseline and base.output_tokens_per_s:
             text += (f", {best.output_tokens_per_s / base.output_tokens_per_s:.2f}x {info.baseline}'s "
                      f"{base.output_tokens_per_s:.0f} at {_fmt_level(base.level, mode)}")

@@ -56,6 +56,8 @@ def test_tokens_in_window_equal_a_hand_count():
     assert kinds.iloc[0]["example"] == "HTTP 500: boom"
     # in flight on average: (6.5 + 9 + 5) / 10
     assert row["client_in_flight_mean"] == pytest.approx(2.05)
+    # gaps that ended inside the window: four of 2 s (warm-up), eight and three of 1 s
+    assert row["window_itl_mean_s"] == pytest.approx((4 * 2 + 8 + 3) / 15)
 
 
 def test_latencies_are_over_measured_requests():
