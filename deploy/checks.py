@@ -383,10 +383,9 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
             elif len(idx) < tp:
                 mine.append(Finding(ERROR, v.name, f"--tensor-parallel-size {tp} needs {tp} GPUs, "
                                                    f"it is given {len(idx)} ({assigned[v.name]})"))
-        for g in vg:
-            mine += check_gpu(v, g, level, where, model_cfg)
-            mine += _fit(v, g, level, where, shape, v_util, tp)
-            break  # GPUs of one variant are alike
+        if vg:  # the GPUs of one variant are alike: judge the first
+            mine += check_gpu(v, vg[0], level, where, model_cfg)
+            mine += _fit(v, vg[0], level, where, shape, v_util, tp)
         mine.sort(key=lambda f: f.level != ERROR)
         findings += mine
     return findings

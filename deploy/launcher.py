@@ -92,7 +92,7 @@ def log_tail(path: Path, n: int = 30) -> str:
 
 # an exception's last line ("ValueError: ..."), an argparse failure ("prog: error: ..."), or a
 # logged error's message; the first few distinct ones are the root cause a log tail often misses
-_ERROR_LINE = re.compile(r"(?:\b[A-Z]\w*(?:Error|Exception)|: error|^\s+Value error,)[: ] ?(.+)$")
+_ERROR_LINE = re.compile(r"\b[A-Z]\w*(?:Error|Exception): .+$|^\S+: error: .+$|^\s+Value error, .+$")
 _NOT_ERROR = re.compile(r"\b(?:DEBUG|INFO|WARNING)\b")  # a log line of another level that mentions an error
 
 
@@ -108,7 +108,7 @@ def error_lines(path: Path, limit: int = 3, max_bytes: int = 4 * 1024 * 1024) ->
         m = _ERROR_LINE.search(line)
         if not m or _NOT_ERROR.search(line[:m.start()]):
             continue
-        msg = line[m.start():].strip()
+        msg = m.group(0).strip()
         if any(msg[-80:] in seen or seen[-80:] in msg for seen in out):
             continue
         out.append(msg)
@@ -220,15 +220,19 @@ def _stop(server: Server, grace_s: tuple[float, float, float], interrupted: bool
             proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             continue
-    # the leader may be gone while children of its group live on
+    # the leader may be gone while children of its group live on (an engine core, a resource tracker)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     try:
-        return proc.wait(timeout=5)
+        code = proc.wait(timeout=5)
     except subprocess.TimeoutExpired:  # pragma: no cover
-        return None
+        code = None
+    deadline = time.time() + 5.0  # SIGKILL is delivered asynchronously: return once the group is gone
+    while time.time() < deadline and _group_alive(proc.pid):
+        time.sleep(0.1)
+    return code
 
 
 def stop_all(servers: Optional[list[Server]] = None,

@@ -230,10 +230,11 @@ def judge(asked: dict[str, Any], obs: dict[str, Any], fp16_weight_gib: Optional[
     # --- 16-bit size of these weights, and the INT4/FP8 size, for the memory test
     full = fp16_weight_gib
     quant_size = None
-    if shape is not None:
-        full = shape.weight_bytes("fp16") / GiB
+    if shape is not None:  # "Model loading took" is per GPU: a tensor-parallel rank holds 1/tp of it
+        tp = obs.get("tensor_parallel_size") if isinstance(obs.get("tensor_parallel_size"), int) else 1
+        full = shape.weight_bytes("fp16") / GiB / max(tp, 1)
         if w in ("awq", "gptq", "fp8"):
-            quant_size = shape.weight_bytes(w) / GiB
+            quant_size = shape.weight_bytes(w) / GiB / max(tp, 1)
     if w in ("awq", "gptq", "fp8"):
         label = {"awq": "AWQ INT4", "gptq": "GPTQ INT4", "fp8": "FP8"}[w]
         if seen_cfg and q is None:

@@ -113,9 +113,10 @@ def _select(plan: Plan, names: Optional[list[str]]) -> Plan:
     if unknown:
         _fail(f"--variant {unknown[0]}: not a variant of the plan ({', '.join(known)})")
     picked = plan.model_copy(deep=True)
-    picked.variants = [v for v in plan.variants if v.name in names]
-    if picked.baseline not in names:
-        picked.__dict__["baseline"] = picked.variants[0].name
+    keep = [v for v in picked.variants if v.name in names]
+    if picked.baseline not in names:  # before the assignment: the plan re-validates its baseline then
+        picked.__dict__["baseline"] = keep[0].name
+    picked.variants = keep
     return picked
 
 

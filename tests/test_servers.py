@@ -332,3 +332,12 @@ def test_interpreter_exit_stops_unstopped_servers(tmp_path):
     assert res.returncode == 3
     pid = int(pidfile.read_text())
     assert _gone([pid]) and not launcher.group_members(pid)
+
+
+def test_deploy_dry_run_of_one_variant(tmp_path, key):
+    path = _write(tmp_path, PLAN_8B)
+    res = CliRunner().invoke(deploy_app, ["up", str(path), "--dry-run", "--variant", "awq", "-v", "gptq"])
+    assert res.exit_code == 0, res.output
+    assert "# awq" in res.output and "# gptq" in res.output and "# fp16" not in res.output
+    res = CliRunner().invoke(deploy_app, ["up", str(path), "--dry-run", "--variant", "nope"])
+    assert res.exit_code == 2 and "--variant nope" in res.output and "fp16, awq, gptq, fp8kv" in res.output

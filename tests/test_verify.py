@@ -213,3 +213,15 @@ def test_served_report_from_live_emulators(tmp_path):
     fp16 = servers["fp16"]["served"]["observed"]
     assert awq["weight_gib"] < 0.5 * fp16["weight_gib"] and awq["kv_cache_tokens"] > fp16["kv_cache_tokens"]
     assert servers["fp8kv"]["served"]["observed"]["kv_cache_dtype"] == "fp8"
+
+
+def test_tensor_parallel_weight_memory_is_per_gpu():
+    """With two ranks each logs half the weights: 7.5 GiB per GPU is still the 16-bit size."""
+    log = cuda_log("auto_gptq", 7.48, 450_336).replace("tensor_parallel_size=1", "tensor_parallel_size=2")
+    obs = verify.observe(log)
+    assert obs["tensor_parallel_size"] == 2
+    verdict, reasons, _ = verify.judge(asked("gptq", "gptq_marlin"), obs, shape=LLAMA3_8B)
+    assert verdict == verify.MISMATCH and "7.48 GiB" in reasons[0]
+    int4 = verify.observe(cuda_log("auto_gptq", 2.7, 1_100_000, "Using MacheteLinearKernel for AutoGPTQLinearMethod")
+                          .replace("tensor_parallel_size=1", "tensor_parallel_size=2"))
+    assert verify.judge(asked("gptq", "gptq_marlin"), int4, shape=LLAMA3_8B)[0] == verify.AS_ASKED
