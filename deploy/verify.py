@@ -44,7 +44,8 @@ FP16_SIZE_SHARE = 0.8
 
 _ENGINE = re.compile(r"Initializing an? (?:V1 )?LLM engine \(v([^)]+)\) with config: (.*)$")
 _BANNER = re.compile(r"(?:vLLM API server version|\bversion)\s+v?(\d+\.\d+\.\d+[\w.+-]*)")
-_KERNEL = re.compile(r"(?:Using|Selected) ([A-Za-z0-9_]+(?:Kernel|Kernels|Method)[A-Za-z0-9_]*) for ([A-Za-z0-9_ .-]+?)\s*$")
+_KERNEL = re.compile(r"(?:Using|Selected) ([A-Za-z0-9_]+(?:Kernel|Kernels|Method)[A-Za-z0-9_]*) "
+                     r"for ([A-Za-z0-9_ .-]+?)\s*$")
 _WEIGHTS = re.compile(r"(?:Model loading took|Loading model weights took) ([\d.]+) ?(GiB|GB)")
 _KV = re.compile(r"\b(GPU|CPU|XPU|TPU|HPU)(?: \+ host)? KV cache size: ([\d,]+) tokens")
 _CONC = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
@@ -185,7 +186,8 @@ def fetch_observations(url: str, log_path: Optional[Path] = None, timeout: float
             log_text = Path(log_path).read_text(encoding="utf-8", errors="replace")
         except OSError:
             log_text = None
-    return observe(log_text, _fetch(url.rstrip("/") + "/metrics", timeout), _fetch(url.rstrip("/") + "/version", timeout))
+    base = url.rstrip("/")
+    return observe(log_text, _fetch(base + "/metrics", timeout), _fetch(base + "/version", timeout))
 
 
 # --- the judgement ---------------------------------------------------------------------------------
@@ -312,7 +314,8 @@ def _reference(servers: dict[str, Any], name: str) -> tuple[Optional[float], Opt
         variant = entry.get("variant") or {}
         served = entry.get("served") or {}
         obs = served.get("observed") or {}
-        if variant.get("weights") in ("fp16", "bf16") and not str(variant.get("kv_cache_dtype") or "").startswith("fp8"):
+        fp8_kv = str(variant.get("kv_cache_dtype") or "").startswith("fp8")
+        if variant.get("weights") in ("fp16", "bf16") and not fp8_kv:
             if obs.get("weight_gib") or obs.get("kv_cache_tokens"):
                 return obs.get("weight_gib"), obs.get("kv_cache_tokens")
     return None, None

@@ -138,7 +138,8 @@ def _findings(plan: Plan, dry_run: bool) -> None:
 @deploy_app.command()
 def up(
     plan_file: Path = typer.Argument(..., help="plan YAML"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print every server's command line and environment; start nothing"),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="print every server's command line and environment; start nothing"),
     variant: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="only this variant (repeatable)"),
     out_dir: Optional[str] = typer.Option(None, "--out", help="where .deploy/ goes (default: the plan's output_dir)"),
     no_checks: bool = typer.Option(False, "--no-checks", help="launch even when the plan-time checks find errors"),
@@ -167,8 +168,9 @@ def up(
         _fail(f"servers from an earlier `deploy up` are still running ({', '.join(s['variant'] for s in live)}, "
               f"recorded in {path}): run `ridgeline deploy down` first")
     local = [c for c in cmds if c.argv]
+    shared_gpu = len({c.env.get("CUDA_VISIBLE_DEVICES") for c in local}) < len(local)
     if (plan.backend == "vllm" and plan.server.placement == "sequential" and len(local) > 1
-            and gpu_info.host().kind == "cuda" and len({c.env.get("CUDA_VISIBLE_DEVICES") for c in local}) < len(local)):
+            and gpu_info.host().kind == "cuda" and shared_gpu):
         _fail("server.placement is sequential: the variants share one GPU and cannot all run at once; "
               "start one with --variant NAME, or set server.placement: parallel (one GPU each)")
     import psutil
@@ -197,6 +199,7 @@ def up(
                     ctime = None
                 entry.update(pid=srv.pid, pgid=srv.pid, create_time=ctime, log=str(srv.log_path),
                              ready_s=round(time.time() - srv.started, 1))
+            entry["served"] = _served(plan, cmd, started[-1] if cmd.argv else None, state["servers"])
             state["servers"].append(entry)
             _write_state(path, state)
     except (launcher.LaunchError, KeyboardInterrupt) as exc:
@@ -211,11 +214,29 @@ def up(
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    table = Table("variant", "url", "pid", "ready (s)", "log")
+    table = Table("variant", "url", "pid", "ready (s)", "served", "log")
     for s in state["servers"]:
-        table.add_row(s["variant"], s["url"], str(s.get("pid", "-")), str(s.get("ready_s", "-")), s.get("log", "-"))
+        table.add_row(s["variant"], s["url"], str(s.get("pid", "-")), str(s.get("ready_s", "-")),
+                      (s.get("served") or {}).get("verdict", "-"), s.get("log", "-"))
     out.print(table)
+    for s in state["servers"]:
+        for why in (s.get("served") or {}).get("reasons", []):
+            err.print(f"{s['variant']}: {why}", highlight=False, markup=False)
     out.print(f"state: {path}  (ridgeline deploy down --out {path.parent.parent})", highlight=False)
+
+
+def _served(plan: Plan, cmd: Any, server: Any, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+    """verify's judgement of what the server really runs (never fatal: `up` has started it either way)."""
+    from deploy import verify
+    from deploy.variants import resolve
+
+    refs = {e["variant"]: {"variant": resolve(plan.variant(e["variant"])).to_dict(), "served": e.get("served")}
+            for e in earlier}
+    try:
+        rep = verify.served_report(plan, cmd, server, None, refs)
+    except Exception as exc:  # noqa: BLE001
+        return {"verdict": verify.UNVERIFIED, "reasons": [f"could not verify: {type(exc).__name__}: {exc}"]}
+    return rep
 
 
 def _state_for(plan_file: Optional[Path], out_dir: Optional[str], state_file: Optional[Path]) -> Path:

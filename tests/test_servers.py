@@ -8,7 +8,6 @@ up, leaves them running past the command, and stops them by process group.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 import time
@@ -253,6 +252,9 @@ def test_deploy_up_status_down_with_the_emulator(tmp_path):
         state = json.loads(state_path(out_dir).read_text())
         pids = [s["pid"] for s in state["servers"]]
         assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+        assert [s["served"]["verdict"] for s in state["servers"]] == ["as-asked", "as-asked"]
+        assert state["servers"][1]["served"]["observed"]["weight_gib"] < 0.5 * \
+            state["servers"][0]["served"]["observed"]["weight_gib"]
         # servers of `deploy up` outlive the command: they are not in this process's registry
         assert not [s for s in launcher.running() if s.pid in pids]
         res = runner.invoke(deploy_app, ["up", str(path)])
@@ -341,3 +343,27 @@ def test_deploy_dry_run_of_one_variant(tmp_path, key):
     assert "# awq" in res.output and "# gptq" in res.output and "# fp16" not in res.output
     res = CliRunner().invoke(deploy_app, ["up", str(path), "--dry-run", "--variant", "nope"])
     assert res.exit_code == 2 and "--variant nope" in res.output and "fp16, awq, gptq, fp8kv" in res.output
+
+
+def test_launch_error_quotes_the_root_cause_far_above_the_tail(tmp_path):
+    """vLLM prints the cause, then a long traceback of the engine's death: the error names the cause."""
+    script = tmp_path / "fails.py"
+    script.write_text(textwrap.dedent('''
+        import sys
+        print("(APIServer pid=1) WARNING x [system_utils.py:255] fd limit errors like `OSError: [Errno 24] ...`")
+        print("(Worker pid=2) ERROR x [multiproc_executor.py:1063] NotImplementedError: FP8 KV cache on CPU "
+              "requires x86 with AVX-512 or AMX.")
+        print("pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig")
+        print("  Value error, Quantization method specified in the model config (awq) does not match")
+        for i in range(200):
+            print(f"  File 'frame{i}.py', line {i}, in f")
+        sys.exit(1)
+        '''))
+    cmd = launcher.ServerCommand("broken", [sys.executable, str(script)], port=launcher.free_port(),
+                                 startup_timeout_s=30)
+    with pytest.raises(launcher.LaunchError) as ei:
+        launcher.start(cmd, tmp_path / "broken.log")
+    said = str(ei.value).split("last lines of")[0]
+    assert "exited with status 1" in said and "OSError" not in said
+    assert "NotImplementedError: FP8 KV cache on CPU requires x86 with AVX-512 or AMX." in said
+    assert "Value error, Quantization method specified in the model config (awq)" in said

