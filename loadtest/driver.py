@@ -123,10 +123,11 @@ class LocalDriver:
                 delay = due - time.perf_counter()
                 if delay > 0:
                     gevent.sleep(delay)
-                # an arrival due inside a timed window is sent even if the dispatcher is behind when
-                # the window closes: late, never dropped (a count window closes on its last send)
-                if not ctl.accepting and (ctl.window_end is None or ctl.measure_requests is not None
-                                          or wall(due) >= ctl.window_end):
+                # a timed window ends the schedule at its end, whenever the step loop notices; an
+                # arrival due inside it is sent even if the dispatcher is behind: late, never dropped
+                # (a count window closes on its last send)
+                timed = ctl.window_end is not None and ctl.measure_requests is None
+                if (timed and wall(due) >= ctl.window_end) or (not ctl.accepting and not timed):
                     return
                 pool.spawn(send, due)  # blocks only at the cap: the wait shows as lateness
 

@@ -133,7 +133,8 @@ class SweepSpec(_Strict):
     max_concurrency: Optional[int] = Field(default=None, ge=1, description="cap for open loop")
     warmup_s: float = Field(default=2.0, ge=0)
     duration_s: Optional[float] = Field(default=10.0, gt=0, description="measured window length")
-    requests: Optional[int] = Field(default=None, ge=1, description="measured window by count")
+    requests: Optional[Union[int, list[int]]] = Field(
+        default=None, description="measured window by count: one for every step, or one per level")
     drain_s: float = Field(default=60.0, ge=0, description="time to let in-flight requests finish")
     ramp_s: float = Field(default=0.0, ge=0, description="spread user starts over this time")
     repeats: int = Field(default=1, ge=1)
@@ -154,6 +155,16 @@ class SweepSpec(_Strict):
             raise ValueError("every rate must be above 0 requests/s")
         return v
 
+    @field_validator("requests")
+    @classmethod
+    def _counts(cls, v: Optional[Union[int, list[int]]]) -> Optional[Union[int, list[int]]]:
+        counts = v if isinstance(v, list) else ([] if v is None else [v])
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list of request counts; give one count per level, or one for all")
+        if any(n < 1 for n in counts):
+            raise ValueError("every request count must be at least 1")
+        return v
+
     @model_validator(mode="after")
     def _steps(self) -> "SweepSpec":
         if self.mode == "concurrency" and not self.concurrency:
@@ -162,7 +173,16 @@ class SweepSpec(_Strict):
             raise ValueError("rate sweep needs 'rates'")
         if self.duration_s is None and self.requests is None:
             raise ValueError("give duration_s or requests for the measured window")
+        if isinstance(self.requests, list) and len(self.requests) != len(self.levels()):
+            raise ValueError(f"requests has {len(self.requests)} counts for {len(self.levels())} levels; "
+                             "give one count per level, or a single count for all")
         return self
+
+    def requests_at(self, level: int) -> Optional[int]:
+        """The measured window's request count at the level with this position (None: a timed window)."""
+        if isinstance(self.requests, list):
+            return self.requests[level]
+        return self.requests
 
     def levels(self) -> list[float]:
         return [float(c) for c in self.concurrency] if self.mode == "concurrency" else list(self.rates)

@@ -67,17 +67,18 @@ class StepLevel:
     concurrency: Optional[int]
     rate: Optional[float]
     repeat: int = 0
+    level: int = 0  # position in the plan's list of levels
 
 
 def step_levels(plan: Plan) -> list[StepLevel]:
     out = []
     i = 0
     for rep in range(plan.sweep.repeats):
-        for lvl in plan.sweep.levels():
+        for pos, lvl in enumerate(plan.sweep.levels()):
             if plan.sweep.mode == "concurrency":
-                out.append(StepLevel(i, int(lvl), None, rep))
+                out.append(StepLevel(i, int(lvl), None, rep, pos))
             else:
-                out.append(StepLevel(i, None, float(lvl), rep))
+                out.append(StepLevel(i, None, float(lvl), rep, pos))
             i += 1
     return out
 
@@ -349,7 +350,8 @@ class Sweep:
                           timeout=self.plan.scrape.timeout_s, interval=self.plan.scrape.interval_s)
         scraper.new_step(lv.index)
         window_start = t_start + sw.warmup_s
-        by_count = sw.requests is not None
+        count = sw.requests_at(lv.level)
+        by_count = count is not None
         window_end = None if by_count else window_start + sw.duration_s
         p.step, p.level = lv.index + 1, (f"c={lv.concurrency}" if lv.concurrency else f"{lv.rate:g} req/s")
         p.sent = p.done = p.errors = p.tokens = 0
@@ -358,7 +360,7 @@ class Sweep:
         self._proc.cpu_percent(None)
         records: list[RequestRecord] = []
         driver.start_step(cmd.variant, lv.index, lv.concurrency, lv.rate, window_start, window_end,
-                          sw.requests if by_count else None, sw.ramp_s)
+                          count, sw.ramp_s)
         if self.exporter is not None:
             self.exporter.attach(driver, cmd.variant, lv.index, lv.concurrency, lv.rate)
         publish_targets(self.plan.scrape.targets_dir, {cmd.variant: cmd.url},

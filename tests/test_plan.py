@@ -57,3 +57,21 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_plan(tmp_path / "none.yaml")
     with pytest.raises(PlanError, match="empty"):
         parse_plan("", "e.yaml")
+
+
+def test_request_counts_one_per_level():
+    text = GOOD.replace("  duration_s: 2\n", "  duration_s: null\n  requests: [12, 16]\n")
+    plan = parse_plan(text, "good.yaml")
+    assert [plan.sweep.requests_at(i) for i in range(2)] == [12, 16]
+    single = parse_plan(GOOD.replace("  duration_s: 2\n", "  requests: 5\n"), "good.yaml")
+    assert single.sweep.requests_at(1) == 5
+    assert parse_plan(GOOD, "good.yaml").sweep.requests_at(0) is None
+
+
+@pytest.mark.parametrize("counts, why", [("[12]", "1 counts for 2 levels"), ("[12, 0]", "at least 1"),
+                                         ("[]", "empty list")])
+def test_request_counts_that_do_not_fit_the_levels(counts, why):
+    text = GOOD.replace("  duration_s: 2\n", f"  requests: {counts}\n")
+    with pytest.raises(PlanError) as ei:
+        parse_plan(text, "c.yaml")
+    assert "sweep" in str(ei.value) and why in str(ei.value), str(ei.value)
