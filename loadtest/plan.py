@@ -280,6 +280,44 @@ class ScrapeSpec(_Strict):
         return self
 
 
+class CrossCheckSpec(_Strict):
+    """`vllm bench serve` against the same live server after a variant's sweep (docs/crosscheck.md).
+
+    A second, independent client measuring the same server and traffic: when its throughput and
+    medians agree with ridgeline's, the numbers belong to the server, not to either client.
+    """
+
+    python: Optional[str] = Field(default=None, description="interpreter that imports vllm; default: the "
+                                                              "server program's, else python3")
+    variants: Optional[list[str]] = Field(default=None, description="which variants (default: all)")
+    concurrency: list[int] = Field(default_factory=lambda: [1, 16, 256], min_length=1)
+    num_prompts: Optional[Union[int, list[int]]] = Field(
+        default=None, description="requests per level: one for all, or one per level (default: max(12, 4c))")
+    timeout_s: float = Field(default=900.0, gt=0, description="for all levels of one variant together")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError("every concurrency must be at least 1")
+        return v
+
+    @model_validator(mode="after")
+    def _prompts(self) -> "CrossCheckSpec":
+        n = self.num_prompts
+        if isinstance(n, list) and len(n) != len(self.concurrency):
+            raise ValueError(f"num_prompts has {len(n)} counts for {len(self.concurrency)} levels")
+        if any(x < 1 for x in (n if isinstance(n, list) else [n] if n is not None else [])):
+            raise ValueError("every num_prompts must be at least 1")
+        return self
+
+    def prompts_at(self, i: int) -> int:
+        n = self.num_prompts
+        if isinstance(n, list):
+            return n[i]
+        return n if n is not None else max(12, 4 * self.concurrency[i])
+
+
 class TelemetrySpec(_Strict):
     """Where GPU power, clocks and throttling come from during each step (loadtest.telemetry)."""
 
@@ -351,7 +389,7 @@ class ModelCacheSpec(_Strict):
 
 
 class KubernetesSpec(_Strict):
-    """What `ridgeline render kubernetes` writes besides the engine arguments (those come from the plan)."""
+    """What `ridgeline deploy render --target kubernetes` writes besides the engine arguments (from the plan)."""
 
     namespace: str = "ridgeline"
     vllm_image: Optional[str] = Field(default=None, description="default vllm/vllm-openai:v<vllm_version>")
@@ -402,6 +440,7 @@ class Plan(_Strict):
     workers: int = Field(default=0, ge=0, description="Locust worker processes (0: in-process)")
     emulator: dict[str, Any] = Field(default_factory=dict, description="emulator overrides")
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    crosscheck: Optional[CrossCheckSpec] = Field(default=None, description="vllm bench serve beside the sweep")
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
 
     @field_validator("name")
@@ -440,6 +479,19 @@ class Plan(_Strict):
             missing = [x.name for x in self.variants if not x.url]
             if missing:
                 raise ValueError(f"backend external needs a url for every variant (missing: {', '.join(missing)})")
+        cc = self.crosscheck
+        if cc is not None:
+            unknown = [v for v in cc.variants or [] if v not in names]
+            if unknown:
+                raise ValueError(f"crosscheck.variants names {', '.join(unknown)}, not among the variants "
+                                 f"({', '.join(names)})")
+            sc = self.scenario
+            if (sc.dataset or sc.shared_prefix is not None or sc.turns > 1 or sc.prompt_tokens.dist != "fixed"
+                    or sc.output_tokens.dist != "fixed"):
+                raise ValueError("crosscheck replays fixed prompt and output lengths of random text; the scenario "
+                                 "must have fixed prompt_tokens and output_tokens, no dataset, shared prefix or turns")
+            if not sc.tokenizer:
+                raise ValueError("crosscheck needs scenario.tokenizer: vllm bench serve builds its prompts with it")
         return self
 
     def variant(self, name: str) -> VariantSpec:

@@ -22,6 +22,7 @@ import psutil
 from deploy import launcher
 from deploy.render.prometheus import publish_targets
 from deploy.variants import resolve
+from loadtest import crosscheck
 from loadtest.driver import Driver, LocalDriver
 from loadtest.manifest import new_manifest
 from loadtest.plan import Plan
@@ -291,9 +292,11 @@ class Sweep:
             self._save_manifest()
             workload = build_workload(self.plan.scenario, self.plan.served_model_name or cmd.variant)
             driver = self._make_driver(cmd, workload)
+            all_ok = True
             try:
                 for lv in levels:
                     ok = self._run_step(cmd, driver, lv)
+                    all_ok = all_ok and ok
                     if not ok:
                         if self.plan.server.on_failure == "restart" and server is not None:
                             driver.close()
@@ -322,8 +325,25 @@ class Sweep:
                         break
             finally:
                 driver.close()
+            if all_ok and crosscheck.applies(self.plan, cmd.variant) and (server is None or server.alive()):
+                self._crosscheck(cmd)
         finally:
             self._stop(cmd.variant)
+
+    def _crosscheck(self, cmd: launcher.ServerCommand) -> None:
+        """vllm bench serve against the same live server; its failure is recorded, never fatal."""
+        p = self.progress
+        p.phase, p.message = "cross-check", f"vllm bench serve against {cmd.variant}"
+        self.on_progress(p)
+        entry = crosscheck.run_crosscheck(self.plan, self.run, cmd.variant, cmd.url,
+                                          self.plan.served_model_name or cmd.variant, self.key)
+        self.manifest.setdefault("crosscheck", {})[cmd.variant] = entry
+        bad = [lv["concurrency"] for lv in entry["levels"] if lv["status"] != "ok"]
+        if entry.get("error") or bad:
+            self.manifest["warnings"].append(
+                f"{cmd.variant}: vllm bench serve cross-check incomplete"
+                + (f" (levels {', '.join(map(str, bad))})" if bad else "") + f": {entry.get('error') or 'see its log'}")
+        self._save_manifest()
 
     def _make_driver(self, cmd: launcher.ServerCommand, workload) -> Driver:  # noqa: ANN001
         sw = self.plan.sweep

@@ -1,0 +1,173 @@
+"""A second client on the same server: `vllm bench serve` after a variant's sweep.
+
+ridgeline's figures are only worth trusting if an independent client, measuring the same live
+server with the same traffic, sees the same throughput and medians. vLLM's own benchmark client
+is that reference; it runs in the interpreter that imports vLLM (the server's, on a GPU host), so
+the code sent to it is a short script with no import of ridgeline. Its JSON results land in
+`crosscheck/<variant>/c<C>.json` and what ran in the manifest's `crosscheck` entry; analysis
+joins them with the sweep's steps (analysis/crosscheck.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from loadtest.plan import CrossCheckSpec, Plan
+from loadtest.results import RunDir, safe_child
+from loadtest.secrets import redact, scrub_file
+
+MARK = "ridgeline-crosscheck "  # prefix of the status lines the script prints
+
+# Runs under vLLM's interpreter: one process for every level (vLLM's import is the slow part).
+SCRIPT = r"""
+import json, sys
+try:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+except ImportError:
+    from vllm.utils import FlexibleArgumentParser
+from vllm.benchmarks.serve import add_cli_args, main
+
+spec = json.loads(sys.argv[1])
+for level in spec["levels"]:
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    status = {"concurrency": level["concurrency"], "status": "ok", "error": None}
+    try:
+        main(parser.parse_args(spec["common"] + level["args"]))
+    except BaseException as exc:
+        status.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+    print("ridgeline-crosscheck " + json.dumps(status), flush=True)
+"""
+
+
+class CrossCheckError(RuntimeError):
+    """The reference client could not be run at all (no interpreter, no tokenizer)."""
+
+
+def applies(plan: Plan, variant: str) -> bool:
+    cc = plan.crosscheck
+    return cc is not None and (cc.variants is None or variant in cc.variants)
+
+
+def interpreter(plan: Plan) -> str:
+    """The crosscheck's own python, else the server program's when it is a python, else python3."""
+    cc = plan.crosscheck
+    if cc is not None and cc.python:
+        return cc.python
+    prog = plan.server.program
+    if plan.backend == "vllm" and prog and Path(prog[0]).name.startswith("python"):
+        return prog[0]
+    return "python3"
+
+
+def bench_args(plan: Plan, url: str, model: str, out_dir: Path) -> dict[str, Any]:
+    """Arguments of every level: the same lengths, API and sampling as the sweep's scenario."""
+    cc: CrossCheckSpec = plan.crosscheck  # type: ignore[assignment]
+    sc = plan.scenario
+    if not sc.tokenizer:
+        raise CrossCheckError("crosscheck needs scenario.tokenizer (vllm bench serve builds its prompts with it)")
+    backend = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions"] if sc.api == "chat" else \
+        ["--backend", "vllm"]
+    common = backend + [
+        "--base-url", url, "--model", model, "--tokenizer", str(sc.tokenizer),
+        "--dataset-name", "random", "--random-input-len", str(sc.prompt_tokens.value),
+        "--random-output-len", str(sc.output_tokens.value), "--seed", str(sc.seed),
+        "--temperature", f"{sc.temperature:g}", "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(out_dir), "--disable-tqdm",
+    ]
+    if sc.ignore_eos:
+        common.append("--ignore-eos")
+    levels = [{"concurrency": c, "num_prompts": cc.prompts_at(i),
+               "args": ["--max-concurrency", str(c), "--num-prompts", str(cc.prompts_at(i)),
+                        "--result-filename", f"c{c}.json"]}
+              for i, c in enumerate(cc.concurrency)]
+    return {"common": common, "levels": levels}
+
+
+def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
+                   api_key: Optional[str] = None) -> dict[str, Any]:
+    """Every level against the live server; the manifest entry. Never raises for a failed level."""
+    cc: CrossCheckSpec = plan.crosscheck  # type: ignore[assignment]
+    out_dir = safe_child(run.path, "crosscheck", variant)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entry: dict[str, Any] = {"started": time.time(), "ended": None, "argv": None, "levels": []}
+    try:
+        spec = bench_args(plan, url, model, out_dir)
+    except CrossCheckError as exc:
+        entry.update(ended=time.time(), error=str(exc))
+        return entry
+    argv = [interpreter(plan), "-c", SCRIPT, json.dumps(spec)]
+    entry["argv"] = [argv[0], "-c", "<crosscheck script>", *spec["common"]]
+    env = dict(os.environ)
+    if api_key:
+        env["OPENAI_API_KEY"] = api_key  # vllm bench serve sends it as the bearer token; never in argv
+    log_path = safe_child(run.path, "logs", f"crosscheck-{variant}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    statuses, error = _run(argv, env, log_path, cc.timeout_s)
+    secrets = [api_key] if api_key else []
+    scrub_file(log_path, secrets)
+    for lv in spec["levels"]:
+        c = lv["concurrency"]
+        st = statuses.get(c, {"status": "failed", "error": error or "vllm bench serve did not report this level"})
+        f = out_dir / f"c{c}.json"
+        ok = st["status"] == "ok" and f.is_file()
+        entry["levels"].append({
+            "concurrency": c, "num_prompts": lv["num_prompts"],
+            "file": f.relative_to(run.path).as_posix() if f.is_file() else None,
+            "status": "ok" if ok else "failed",
+            "error": None if ok else redact(st.get("error") or "no result file written", secrets),
+        })
+    entry["ended"] = time.time()
+    entry["log"] = log_path.relative_to(run.path).as_posix()
+    if error:
+        entry["error"] = redact(error, secrets)
+    return entry
+
+
+def _run(argv: list[str], env: dict[str, str], log_path: Path,
+         timeout_s: float) -> tuple[dict[int, dict[str, Any]], Optional[str]]:
+    """Start the script in its own process group; its status lines by concurrency, and a run-wide error."""
+    statuses: dict[int, dict[str, Any]] = {}
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
+        except OSError as exc:
+            return statuses, f"cannot start {argv[0]}: {exc.strerror or exc}"
+        error: Optional[str] = None
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            out, _ = proc.communicate()
+            error = f"vllm bench serve did not finish within {timeout_s:g} s"
+        except BaseException:
+            _kill(proc)  # an interrupted run leaves no client behind
+            raise
+        log.write(out)
+    for line in out.decode("utf-8", "replace").splitlines():
+        if line.startswith(MARK):
+            try:
+                st = json.loads(line[len(MARK):])
+                statuses[int(st["concurrency"])] = st
+            except (ValueError, KeyError, TypeError):
+                continue
+    if error is None and proc.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+        error = f"vllm bench serve exited with status {proc.returncode}: " + " | ".join(tail)
+    return statuses, error
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
