@@ -48,30 +48,44 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
     "bf16": ("bf16", "fp16", "bfloat16"),
 }
 
-# plan file -> (run name, variants, baseline)
-PLANS: dict[str, tuple[str, list[str], str]] = {
-    "plan-all.yaml": ("h100-llama3-8b", ["fp16", "awq", "gptq", "fp8kv", "awq-fp8kv", "bf16"], "fp16"),
-    "plan-fp16.yaml": ("h100-fp16", ["fp16"], "fp16"),
-    "plan-int4.yaml": ("h100-int4", ["awq", "gptq"], "awq"),
-    "plan-fp8kv.yaml": ("h100-fp8kv", ["fp8kv", "awq-fp8kv", "bf16"], "bf16"),
+# plan file -> (run name, variants, baseline, GPU catalogue name)
+PLANS: dict[str, tuple[str, list[str], str, str]] = {
+    "plan-all.yaml": ("h100-llama3-8b", ["fp16", "awq", "gptq", "fp8kv", "awq-fp8kv", "bf16"], "fp16", "h100-sxm"),
+    "plan-fp16.yaml": ("h100-fp16", ["fp16"], "fp16", "h100-sxm"),
+    "plan-int4.yaml": ("h100-int4", ["awq", "gptq"], "awq", "h100-sxm"),
+    "plan-fp8kv.yaml": ("h100-fp8kv", ["fp8kv", "awq-fp8kv", "bf16"], "bf16", "h100-sxm"),
+    # the lent H200: the four variants of the issue in one run, with vllm bench serve beside two of them
+    "plan-h200.yaml": ("h200-llama3-8b", ["fp16", "awq", "gptq", "fp8kv"], "fp16", "h200"),
+}
+# plans that also run vllm bench serve against the same server (variants, concurrency, prompts)
+CROSSCHECK: dict[str, tuple[list[str], list[int]]] = {
+    "plan-h200.yaml": (["fp16", "awq"], [1, 16, 256]),
 }
 
 SERVER_ARGS = ["--load-format", "dummy", "--max-model-len", "4096", "--gpu-memory-utilization", "0.90",
                "--max-num-seqs", "256"]
 
 
-def plan_dict(name: str, variants: list[str], baseline: str, window: str) -> dict[str, Any]:
+def plan_dict(name: str, variants: list[str], baseline: str, window: str, gpu: str = "h100-sxm",
+              crosscheck: Optional[tuple[list[str], list[int]]] = None) -> dict[str, Any]:
     sweep: dict[str, Any] = {"mode": "concurrency", "concurrency": list(CONCURRENCY), "warmup_s": 2.0,
                              "ramp_s": 0.0, "drain_s": 60.0}
     if window == "count":
-        sweep.update(duration_s=None, requests=[anchor_count(c) for c in CONCURRENCY])
+        # with vllm bench serve beside it, no warm-up either: both measure the same first requests
+        sweep.update(duration_s=None, requests=[anchor_count(c) for c in CONCURRENCY],
+                     warmup_s=0.0 if crosscheck else 2.0)
     else:
         sweep.update(warmup_s=3.0, duration_s=12.0)
+    extra: dict[str, Any] = {}
+    if crosscheck:
+        cc_variants, cc_levels = crosscheck
+        extra["crosscheck"] = {"variants": cc_variants, "concurrency": cc_levels,
+                               "num_prompts": [anchor_count(c) for c in cc_levels], "timeout_s": 300.0}
     return {
         "name": name,
         "backend": "vllm",
         "model": "llama-3-8b",
-        "gpu": "h100-sxm",
+        "gpu": gpu,
         "baseline": baseline,
         "variants": [{"name": v, "preset": VARIANTS[v][0], "model": f"{MODELS}/{VARIANTS[v][1]}",
                       "dtype": VARIANTS[v][2]} for v in variants],
@@ -85,20 +99,22 @@ def plan_dict(name: str, variants: list[str], baseline: str, window: str) -> dic
                    "env": {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"},
                    "placement": "sequential", "startup_timeout_s": 600.0, "on_failure": "skip"},
         "scrape": {"interval_s": 1.0},
+        **extra,
         "output_dir": "results",
     }
 
 
 HEADER = """\
-# ridgeline on a real H100: vLLM 0.24.0, Llama-3-8B shape with dummy weights ({window} windows).
+# ridgeline on a real {gpu}: vLLM 0.24.0, Llama-3-8B shape with dummy weights ({window} windows).
 # Written by benchmarks/h100/make_plans.py (edit the table there, not this file); see
 # benchmarks/h100/README.md for the choices and run_calls.md for how it runs on the device.
 """
 
 
-def render(plan: dict[str, Any], window: str) -> str:
+def render(plan: dict[str, Any], window: str, gpu: str = "h100-sxm") -> str:
     body = yaml.safe_dump(plan, sort_keys=False, default_flow_style=None, width=110)
-    return HEADER.format(window="by request count" if window == "count" else "time") + body
+    label = {"h100-sxm": "H100", "h200": "H200"}.get(gpu, gpu)
+    return HEADER.format(window="by request count" if window == "count" else "time", gpu=label) + body
 
 
 def accepted(text: str, source: str) -> Optional[str]:
@@ -122,14 +138,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     status = 0
-    for fname, (name, variants, baseline) in PLANS.items():
+    for fname, (name, variants, baseline, gpu) in PLANS.items():
         window = "count" if args.window == "auto" else args.window
-        text = render(plan_dict(name, variants, baseline, window), window)
+        cc = CROSSCHECK.get(fname)
+        text = render(plan_dict(name, variants, baseline, window, gpu, cc), window, gpu)
         problem = accepted(text, fname)
         if problem and args.window == "auto":
             print(f"{fname}: windows by count not accepted here, writing time windows:\n{problem}")
             window = "time"
-            text = render(plan_dict(name, variants, baseline, window), window)
+            text = render(plan_dict(name, variants, baseline, window, gpu, cc), window, gpu)
             problem = accepted(text, fname)
         (args.out / fname).write_text(text)
         print(f"wrote {args.out / fname} ({window} windows)" + (f"\n  NOT ACCEPTED: {problem}" if problem else ""))
