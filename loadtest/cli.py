@@ -11,10 +11,17 @@ from typing import Optional  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from loadtest.cli_bench import bench_app  # noqa: E402
+from loadtest.cli_deploy import commands, print_command  # noqa: E402
+from loadtest.cli_deploy import deploy_app  # noqa: E402
+from loadtest.cli_scenarios import scenarios_app  # noqa: E402
 from loadtest.plan import Plan, PlanError, load_plan  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Load-test vLLM deployment variants and find where INT4 stops paying.")
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(scenarios_app, name="scenarios")
+app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
 out = Console()
 
@@ -58,6 +65,19 @@ def _preflight(plan: Plan) -> None:
         build_workload(plan.scenario, plan.served_model_name or plan.variants[0].name)
     except ScenarioError as exc:
         _fail(str(exc))
+
+
+def _with_workers(plan: Plan, workers: Optional[int]) -> Plan:
+    """The plan with --workers in place of its `workers:` key (validated as the key is)."""
+    if workers is not None:
+        plan.workers = workers
+    return plan
+
+
+def _workers_option() -> typer.models.OptionInfo:
+    return typer.Option(None, "--workers", min=0, metavar="N",
+                        help="a Locust master and N local worker processes, instead of the plan's workers: "
+                             "(0: in-process)")
 
 
 def _resume_hint(run_path: Path) -> str:
@@ -106,6 +126,7 @@ def demo(
     out_dir: Optional[str] = typer.Option(None, "--out", help="results directory root (default: results)"),
     print_plan: bool = typer.Option(False, "--print-plan", help="print the demo's plan and exit"),
     quiet: bool = typer.Option(False, "--quiet", help="no live display"),
+    workers: Optional[int] = _workers_option(),
 ) -> None:
     """Run the whole experiment on the built-in emulator: 4 variants of Llama-3-8B on an H100."""
     from loadtest.demo import DEMO_PLAN, demo_plan
@@ -113,7 +134,7 @@ def demo(
     if print_plan:
         sys.stdout.write(DEMO_PLAN)
         return
-    plan = demo_plan()
+    plan = _with_workers(demo_plan(), workers)
     _finish(_execute(plan, "<demo plan>", out_dir, quiet))
 
 
@@ -126,9 +147,12 @@ def run(
     resume_dir: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                               help="continue an interrupted run: keep its complete steps, run the rest"),
     force: bool = typer.Option(False, "--force", help="with --resume: accept a plan that differs from the run's"),
+    workers: Optional[int] = _workers_option(),
 ) -> None:
     """Deploy, sweep, scrape, analyse and report the plan; servers are stopped whatever happens."""
     if resume_dir is not None:
+        if workers is not None:
+            _fail("--workers is for a new run; a resumed run keeps the workers of the plan it was started with")
         _resume_run(resume_dir, plan_file, force, quiet)
         return
     if force:
@@ -136,14 +160,12 @@ def run(
     if plan_file is None:
         _fail("give a plan file (ridgeline run plan.yaml), or --resume RUN_DIR to continue a run")
     try:
-        plan = load_plan(plan_file)
+        plan = _with_workers(load_plan(plan_file), workers)
     except PlanError as exc:
         _fail(str(exc))
     if dry_run:
-        from deploy.servers import server_commands
-
-        for cmd in server_commands(plan):
-            _print_command(cmd)
+        for cmd in commands(plan):
+            print_command(cmd, out)
         return
     _finish(_execute(plan, str(plan_file), out_dir, quiet))
 
@@ -161,18 +183,6 @@ def _resume_run(resume_dir: Path, plan_file: Optional[Path], force: bool, quiet:
         return
     err.print(state.describe(), markup=False, highlight=False, soft_wrap=True)
     _finish(_execute(state.plan, state.source, None, quiet, resume_state=state))
-
-
-def _print_command(cmd) -> None:  # noqa: ANN001
-    import shlex
-
-    from loadtest.runner import _mask_env
-
-    out.print(f"# {cmd.variant}  ({cmd.url})", highlight=False)
-    env = _mask_env(cmd.env)
-    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    line = " ".join(shlex.quote(a) for a in cmd.argv) if cmd.argv else "(external: nothing is started)"
-    out.print((prefix + " " if prefix else "") + line, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -194,6 +204,25 @@ def report(run_dir: Path = typer.Argument(..., help="a results directory")) -> N
         _analyze(run_dir)
     render_reports(run_dir)
     out.print(f"report: {run_dir / 'report.html'}")
+
+
+@app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="the reference results directory"),
+    run_b: Path = typer.Argument(..., help="the results directory judged against it"),
+    metric: str = typer.Option("output_tokens_per_s", "--metric", "-m",
+                               help="a per-step metric: output_tokens_per_s, goodput_tokens_per_s, ttft_p99_s, "
+                                    "itl_p50_s, ... (an unknown name lists them all)"),
+    threshold: float = typer.Option(0.05, "--threshold", min=0.0,
+                                    help="relative change in the bad direction that counts as a regression "
+                                         "(0.05: 5%)"),
+) -> None:
+    """Run B against run A per variant and load level; exit 1 on a significant regression (for CI), 2 on bad input."""
+    from analysis import compare_cli
+
+    code = compare_cli(run_a, run_b, metric=metric, threshold=threshold)
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:  # pragma: no cover

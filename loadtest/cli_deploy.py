@@ -1,10 +1,11 @@
-"""`ridgeline deploy up|status|down`: a plan's servers brought up to stay, looked at, and brought down.
+"""`ridgeline deploy up|status|down|render`: a plan's servers brought up to stay, looked at, brought down.
 
 `up` checks the plan (deploy/checks.py), starts every server (or those named with --variant),
 waits for each to answer /health, and records pids, process groups, URLs and command lines in
 <output_dir>/.deploy/state.json; `status` reads that file and asks each server; `down` stops them
 by process group. `up --dry-run` prints each command line and environment (API key as ***) and
-starts nothing.
+starts nothing. `render` writes files that run the plan elsewhere: the Prometheus and Grafana
+stack that watches it (deploy/render/), or Kubernetes manifests (deploy/render/kubernetes.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +27,8 @@ from rich.table import Table
 from loadtest.plan import Plan, PlanError, load_plan
 
 deploy_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                         help="Bring a plan's servers up and leave them running; status; down.")
+                         help="Bring a plan's servers up and leave them running; status; down; render "
+                              "Prometheus, Grafana or Kubernetes files for it.")
 err = Console(stderr=True)
 out = Console()
 STATE_DIR = ".deploy"
@@ -85,7 +88,8 @@ def _get(url: str, timeout: float = 3.0, headers: Optional[dict[str, str]] = Non
         return None, ""
 
 
-def _print_command(cmd: Any, file_out: Console) -> None:
+def print_command(cmd: Any, file_out: Console) -> None:
+    """One server as a shell line: `# variant (url)`, then its environment (credentials as ***) and argv."""
     import shlex
 
     from loadtest.secrets import MASK, mask_env
@@ -97,7 +101,8 @@ def _print_command(cmd: Any, file_out: Console) -> None:
     file_out.print((prefix + " " if prefix else "") + line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _load(plan_file: Path) -> Plan:
+def plan_or_exit(plan_file: Path) -> Plan:
+    """The plan, or exit 2 with the file, key path and reason."""
     try:
         return load_plan(plan_file)
     except PlanError as exc:
@@ -135,6 +140,19 @@ def _findings(plan: Plan, dry_run: bool) -> None:
         _fail("the plan cannot be launched (errors above); nothing was started", code=1)
 
 
+def commands(plan: Plan) -> list[Any]:
+    """Every server's command line, or exit 2 when the plan cannot make one (model, flags, API key)."""
+    from deploy.servers import ServersError, server_commands
+    from deploy.vllm_command import CommandError
+    from loadtest.secrets import SecretError
+
+    try:
+        return server_commands(plan)
+    except (ServersError, CommandError, SecretError) as exc:
+        _fail(str(exc))
+    raise AssertionError  # unreachable
+
+
 @deploy_app.command()
 def up(
     plan_file: Path = typer.Argument(..., help="plan YAML"),
@@ -146,20 +164,15 @@ def up(
 ) -> None:
     """Check the plan, start its servers, wait until each answers /health, record them."""
     from deploy import gpu_info, launcher
-    from deploy.servers import ServersError, server_commands
-    from deploy.vllm_command import CommandError
-    from loadtest.secrets import SecretError, mask_env
+    from loadtest.secrets import mask_env
 
-    plan = _select(_load(plan_file), variant)
+    plan = _select(plan_or_exit(plan_file), variant)
     if not no_checks:
         _findings(plan, dry_run)
-    try:
-        cmds = server_commands(plan)
-    except (ServersError, CommandError, SecretError) as exc:
-        _fail(str(exc))
+    cmds = commands(plan)
     if dry_run:
         for cmd in cmds:
-            _print_command(cmd, out)
+            print_command(cmd, out)
         return
     path = state_path(out_dir or plan.output_dir)
     old = read_state(path)
@@ -245,7 +258,7 @@ def _state_for(plan_file: Optional[Path], out_dir: Optional[str], state_file: Op
     if out_dir is not None:
         return state_path(out_dir)
     if plan_file is not None:
-        return state_path(_load(plan_file).output_dir)
+        return state_path(plan_or_exit(plan_file).output_dir)
     return state_path("results")
 
 
@@ -341,6 +354,56 @@ def down(
     _write_state(path, state)
     if failed:
         raise typer.Exit(1)
+
+
+class RenderTarget(str, Enum):
+    """What `deploy render` writes; compose is another name for monitoring (its docker-compose.yml needs the rest)."""
+
+    monitoring = "monitoring"
+    kubernetes = "kubernetes"
+    compose = "compose"
+
+
+DEFAULT_RENDER_DIR = {RenderTarget.monitoring: "monitoring", RenderTarget.compose: "monitoring",
+                      RenderTarget.kubernetes: "k8s"}
+
+
+@deploy_app.command()
+def render(
+    plan_file: Path = typer.Argument(..., help="plan YAML"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="directory to write (default: monitoring/ or k8s/)"),
+    target: RenderTarget = typer.Option(RenderTarget.monitoring, "--target", "-t", case_sensitive=False,
+                                        help="monitoring (or compose): Prometheus scrape config, Grafana dashboard "
+                                             "and provisioning, docker-compose.yml; kubernetes: manifests for "
+                                             "kubectl apply -k"),
+) -> None:
+    """Write the files that watch the plan's run (Prometheus, Grafana) or run it on Kubernetes; list them."""
+    import shlex
+
+    plan = plan_or_exit(plan_file)
+    where = out_dir or Path(DEFAULT_RENDER_DIR[target])
+    files = _render(plan, where, target)
+    for f in files:
+        out.print(str(f), highlight=False, markup=False, soft_wrap=True)
+    d = shlex.quote(str(where))
+    then = f"kubectl apply -k {d}" if target is RenderTarget.kubernetes else f"cd {d} && docker compose up -d"
+    out.print(f"wrote {len(files)} files under {where} (then: {then})", highlight=False, markup=False,
+              soft_wrap=True)
+
+
+def _render(plan: Plan, out_dir: Path, target: RenderTarget) -> list[Path]:
+    from deploy.render import render_monitoring
+    from deploy.render.kubernetes import render_kubernetes
+
+    try:
+        if target is RenderTarget.kubernetes:
+            return render_kubernetes(plan, out_dir)
+        return render_monitoring(plan, out_dir)
+    except ValueError as exc:  # what the plan cannot give: RenderError, a command line, a port
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{out_dir}: cannot be written: {exc}", code=1)
+    raise AssertionError  # unreachable
 
 
 if __name__ == "__main__":  # pragma: no cover
