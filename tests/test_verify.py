@@ -16,6 +16,7 @@ from deploy import launcher, verify
 from deploy.catalog import load_model
 from deploy.servers import server_commands
 from loadtest.plan import Plan
+from tests.support.tiny_model import CONFIG as TINY, GROUP_SIZE, make_tiny_model
 
 LOGS = Path(__file__).parent / "data" / "vllm_logs"
 METRICS = Path(__file__).parent / "data" / "vllm_metrics" / "metrics.txt"
@@ -208,6 +209,10 @@ def test_served_report_from_live_emulators(tmp_path):
         assert rep["verdict"] == verify.AS_ASKED, (cmd.variant, rep["reasons"])
         assert rep["observed"]["backend"] == "emulator" and rep["observed"]["emulated_gpu"] == "h100-sxm"
         assert set(rep["observed"]["sources"]) == {"log", "metrics", "version"}
+        assert rep["model"] == {
+            "name": "llama-3-8b", "source": "catalog", "architecture": "LlamaForCausalLM", "hidden_size": 4096,
+            "intermediate_size": 14336, "num_layers": 32, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128,
+            "vocab_size": 128256, "max_position": 8192, "params": LLAMA3_8B.params, "quantization": None}
     awq = servers["awq"]["served"]["observed"]
     fp16 = servers["fp16"]["served"]["observed"]
     assert awq["weight_gib"] < 0.5 * fp16["weight_gib"] and awq["kv_cache_tokens"] > fp16["kv_cache_tokens"]
@@ -224,3 +229,28 @@ def test_tensor_parallel_weight_memory_is_per_gpu():
     int4 = verify.observe(cuda_log("auto_gptq", 2.7, 1_100_000, "Using MacheteLinearKernel for AutoGPTQLinearMethod")
                           .replace("tensor_parallel_size=1", "tensor_parallel_size=2"))
     assert verify.judge(asked("gptq", "gptq_marlin"), int4, shape=LLAMA3_8B)[0] == verify.AS_ASKED
+
+
+def test_served_report_records_the_checkpoint_config(tmp_path):
+    """A vLLM variant's report keeps the config.json it was judged against, quantization_config included,
+    even when the server said nothing (here: none is listening)."""
+    plain, gptq = make_tiny_model(tmp_path / "plain"), make_tiny_model(tmp_path / "gptq", "gptq")
+    plan = Plan.model_validate({"backend": "vllm", "model": str(plain), "variants": [
+        {"name": "bf16", "preset": "bf16"}, {"name": "gptq", "preset": "gptq", "model": str(gptq)}]})
+    reps = {cmd.variant: verify.served_report(plan, cmd) for cmd in server_commands(plan)}
+    for name, d in (("bf16", plain), ("gptq", gptq)):
+        m = reps[name]["model"]
+        assert m["source"] == str(d / "config.json") and m["architecture"] == TINY["architectures"][0]
+        assert (m["hidden_size"], m["num_layers"], m["num_heads"], m["num_kv_heads"], m["vocab_size"]) == (
+            TINY["hidden_size"], TINY["num_hidden_layers"], TINY["num_attention_heads"],
+            TINY["num_key_value_heads"], TINY["vocab_size"])
+        assert reps[name]["verdict"] == verify.UNVERIFIED
+    assert reps["bf16"]["model"]["quantization"] is None
+    assert reps["gptq"]["model"]["quantization"] == {"method": "gptq", "bits": 4, "group_size": GROUP_SIZE}
+
+
+def test_served_report_without_a_known_model_records_none(tmp_path):
+    plan = Plan.model_validate({"backend": "vllm", "model": str(tmp_path / "nowhere"),
+                                "variants": [{"name": "bf16", "preset": "bf16"}]})
+    [cmd] = server_commands(plan)
+    assert verify.served_report(plan, cmd)["model"] is None

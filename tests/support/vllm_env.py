@@ -13,12 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-DEFAULT_VENV = Path.home() / ".cache" / "ridgeline" / "vllm-cpu"
-
-
-def venv_dir() -> Path:
-    """The engine's virtual environment: $RIDGELINE_VLLM_VENV, else ~/.cache/ridgeline/vllm-cpu."""
-    return Path(os.environ.get("RIDGELINE_VLLM_VENV") or DEFAULT_VENV).expanduser()
+from loadtest.client_bench import VLLM_VENV as DEFAULT_VENV
+from loadtest.client_bench import vllm_venv as venv_dir  # $RIDGELINE_VLLM_VENV, else ~/.cache/ridgeline/vllm-cpu
 
 
 def _candidates() -> list[Path]:
