@@ -198,7 +198,7 @@ def compare_cli(run_a: Union[str, Path], run_b: Union[str, Path], metric: str = 
     try:
         res = compare(run_a, run_b, metric=metric, threshold=threshold)
     except (ResultsError, ValueError) as exc:
-        Console(stderr=True).print(Text(f"error: {exc}", style="bold red"))
+        Console(stderr=True).print(Text(f"error: {exc}", style="bold red"), soft_wrap=True)  # a path stays whole
         return 2
     t = Table(title=Text(f"{metric}: {res.run_b} against {res.run_a}"), title_justify="left")
     for col in ("variant", "level", "A", "B", "change", "95% interval", "p", "verdict"):

@@ -112,6 +112,15 @@ class RunInfo:
             return None
         return p if p.exists() else None
 
+    def telemetry_file(self, variant: str, step: int) -> Optional[Path]:
+        from loadtest.telemetry import telemetry_path
+
+        try:
+            p = telemetry_path(self.run, variant, step)
+        except ResultsError:
+            return None
+        return p if p.exists() else None
+
 
 def _num(d: dict, key: str, default: Any) -> Any:
     v = d.get(key, default) if isinstance(d, dict) else default

@@ -7,12 +7,14 @@ integrated power where there is no counter or a stretch of it cannot be trusted)
 per joule, tokens per second per GPU, and whether the clocks were throttled (such a step is not
 comparable with the others).
 
-Public: `energy_table(run_dir)`, `energy_sentence(table, variant, baseline)`,
-`energy_sentences(table, baseline)`, `plot_energy(table, path)`, `write_energy(run_dir)`.
+Public: `energy_table(run_dir, steps)`, `step_energy(step, samples, ...)` (one step, as the analysis
+calls it per step), `read_step_telemetry(path)`, `energy_sentence(table, variant, baseline)`,
+`energy_sentences(table, baseline)`, `plot_energy(table, path)`, `write_energy(run_dir, ...)`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +22,14 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from analysis.gaps import Gaps
+from analysis.server_metrics import dictionary
+from analysis.steps import column
 from loadtest import telemetry as tm
-from loadtest.results import RunDir, atomic_write_table, atomic_write_text
+from loadtest.results import ResultsError, RunDir, atomic_write_table, atomic_write_text
 
 # A counter jump that implies more than this per GPU is a reset or a glitch, not energy.
 MAX_PLAUSIBLE_W = 5000.0
@@ -34,12 +41,26 @@ GAP_FACTOR = 3.0
 MIN_COVERAGE = 0.8
 
 COLUMNS = [
-    "variant", "step", "repeat", "concurrency", "rate", "level", "status", "source", "gpus",
+    "variant", "step", "repeat", "concurrency", "rate", "level", "status", "source", "label", "gpus",
     "window_s", "output_tokens", "energy_j", "energy_method", "coverage", "mean_power_w",
     "max_power_w", "tokens_per_joule", "joules_per_token", "tokens_per_s", "tokens_per_s_per_gpu",
     "mean_util_percent", "mean_sm_clock_mhz", "max_temperature_c", "power_capped_share",
     "throttled", "throttle_reasons", "comparable",
 ]
+
+
+# energy table column -> its name in the analysis' step table (and summary.json's step entries)
+STEP_COLUMNS = {
+    "gpus": "gpus", "source": "energy_source", "label": "energy_label", "energy_j": "energy_j",
+    "energy_method": "energy_method", "coverage": "energy_coverage", "mean_power_w": "mean_power_w",
+    "max_power_w": "max_power_w", "tokens_per_joule": "tokens_per_joule", "joules_per_token": "joules_per_token",
+    "tokens_per_s_per_gpu": "tokens_per_s_per_gpu", "mean_util_percent": "mean_util_percent",
+    "mean_sm_clock_mhz": "mean_sm_clock_mhz", "max_temperature_c": "max_temperature_c",
+    "power_capped_share": "power_capped_share", "throttled": "throttled", "throttle_reasons": "throttle_reasons",
+    "comparable": "energy_comparable",
+}
+_FLAGS = ("throttled", "energy_comparable")
+_TEXT = ("energy_source", "energy_label", "energy_method", "throttle_reasons")
 
 
 @dataclass(frozen=True)
@@ -171,41 +192,117 @@ def gpu_energy(samples: pd.DataFrame, t0: float, t1: float) -> Energy:
 
 # --- tokens in a window -------------------------------------------------------------------------
 
-def window_tokens(requests: pd.DataFrame, t0: float, t1: float) -> float:
+def window_tokens(requests: Union[pd.DataFrame, pa.Table], t0: float, t1: float) -> float:
     """Output tokens that arrived in [t0, t1], from each request's token-event times.
 
     A streamed event can carry several tokens: each event counts output_tokens / token_events
-    of its request when both are known, else one.
+    of its request when both are known, else one. Vectorised over the flattened gaps (no loop per
+    request): the running sum of the gaps gives each request's events before a time in one search.
     """
-    if requests.empty:
+    table = requests if isinstance(requests, pa.Table) else pa.Table.from_pandas(
+        requests[[c for c in _TOKEN_COLUMNS if c in requests.columns]], preserve_index=False)
+    n = table.num_rows
+    if n == 0:
         return 0.0
-    total = 0.0
-    for send, ttft, gaps, out_tok, events in zip(requests.send_time.values, requests.ttft_s.values,
-                                                  requests.itl_s.values, requests.output_tokens.values,
-                                                  requests.token_events.values):
-        if ttft is None or not np.isfinite(ttft):
-            continue
-        g = np.asarray(gaps if gaps is not None else [], dtype=float)
-        times = send + ttft + np.concatenate(([0.0], np.cumsum(g)))
-        n = int(np.count_nonzero((times >= t0) & (times <= t1)))
-        w = 1.0
-        if out_tok is not None and events and np.isfinite(out_tok) and events > 0:
-            w = float(out_tok) / float(events)
-        total += n * w
-    return total
+    send, ttft = column(table, "send_time"), column(table, "ttft_s")
+    out_tok, events = column(table, "output_tokens"), column(table, "token_events")
+    has_first = np.isfinite(send) & np.isfinite(ttft)
+    t_first = np.where(has_first, send + np.where(has_first, ttft, 0.0), np.nan)
+    g = Gaps.of(table, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weight = np.where(np.isfinite(out_tok) & (events > 0), out_tok / events, 1.0)
+    idx = np.flatnonzero(has_first)
+    first_in = (t_first[idx] >= t0) & (t_first[idx] <= t1)
+    later = g.before(idx, t_first, np.full(idx.size, t1), True) - g.before(idx, t_first, np.full(idx.size, t0), False)
+    return float(np.sum((first_in + later) * weight[idx]))
 
 
 # --- the per-step table -------------------------------------------------------------------------
 
+def read_step_telemetry(path: Optional[Path]) -> pd.DataFrame:
+    """One step's samples (time, metric, value, gpu, source), failed-sample rows left out.
+
+    Strings stay categorical, as Parquet stores them: labels are decoded once per distinct label
+    set, not once per sample, and comparisons are on codes.
+    """
+    if path is None or not Path(path).exists():
+        empty = pd.Categorical([])
+        return pd.DataFrame({"time": pd.Series(dtype=float), "metric": empty, "value": pd.Series(dtype=float),
+                             "gpu": empty, "source": empty})
+    try:
+        t = pq.read_table(path, columns=["time", "metric", "labels", "value"], read_dictionary=["metric", "labels"])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ResultsError(f"{path}: cannot be read as a telemetry table ({exc})") from None
+    metric_codes, metrics = _codes(dictionary(t.column("metric")))
+    label_codes, labels = _codes(dictionary(t.column("labels")))
+    decoded = [_labels(x) for x in labels]
+    df = pd.DataFrame({"time": t.column("time").to_numpy(), "metric": _categorical(metric_codes, metrics),
+                       "value": t.column("value").to_numpy()})
+    for key in ("gpu", "source"):
+        df[key] = _categorical(label_codes, [d.get(key) for d in decoded])
+    return df[df.metric != tm.GAP].reset_index(drop=True)
+
+
+def _codes(arr: pa.DictionaryArray) -> tuple[np.ndarray, list[Optional[str]]]:
+    """Per-row codes into the dictionary's strings; a null row points at a None added at the end."""
+    names = arr.dictionary.to_pylist() + [None]
+    return np.asarray(arr.indices.fill_null(len(names) - 1).to_numpy(zero_copy_only=False), dtype=np.int64), names
+
+
+def _categorical(codes: np.ndarray, names: list[Optional[str]]) -> pd.Categorical:
+    """Per-row codes into a list of names (None: missing) as a pandas Categorical, without a loop per row."""
+    cats = sorted({str(n) for n in names if n is not None})
+    index = {c: i for i, c in enumerate(cats)}
+    lut = np.array([index[str(n)] if n is not None else -1 for n in names], dtype=np.int64)
+    return pd.Categorical.from_codes(lut[codes], categories=cats)
+
+
+def _labels(text: Optional[str]) -> dict:
+    try:
+        d = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return {k: (str(v) if v is not None else None) for k, v in d.items()} if isinstance(d, dict) else {}
+
+
+def sources_of(table: pd.DataFrame) -> list[str]:
+    """The telemetry sources behind an energy table's rows (each row's `source` is comma-separated)."""
+    return sorted(set(",".join(table.source.dropna().astype(str)).split(",")) - {""})
+
+
+def energy_label(sources: Union[str, Sequence[str], None]) -> Optional[str]:
+    """'modelled', 'measured', or 'measured and modelled' for a set of telemetry sources."""
+    if isinstance(sources, str):
+        sources = sources.split(",")
+    found = {x for x in (sources or []) if x}
+    if not found:
+        return None
+    if found == {"modelled"}:
+        return "modelled"
+    return "measured and modelled" if "modelled" in found else "measured"
+
+
 def _window(step: dict) -> tuple[Optional[float], Optional[float]]:
-    t0 = step.get("window_start") or step.get("started")
-    t1 = step.get("window_end") or step.get("ended")
+    def first(*keys: str) -> Optional[float]:
+        for k in keys:
+            v = step.get(k)
+            if v is not None and math.isfinite(float(v)):
+                return float(v)
+        return None
+
+    t0, t1 = first("window_start", "started"), first("window_end", "ended")
     if t0 is None or t1 is None or t1 <= t0:
         return None, None
-    return float(t0), float(t1)
+    return t0, t1
 
 
-def _step_row(step: dict, tel: pd.DataFrame, req: pd.DataFrame, tokens_per_s: Optional[float] = None) -> dict:
+def step_energy(step: dict, tel: pd.DataFrame, req: Optional[Union[pd.DataFrame, pa.Table]] = None,
+                tokens_per_s: Optional[float] = None) -> dict:
+    """One row of COLUMNS for a step (a manifest step entry) and its telemetry samples.
+
+    The output tokens are `tokens_per_s` x the window when given (the analysis' count), else
+    counted from the request rows `req`.
+    """
     t0, t1 = _window(step)
     level = step.get("concurrency") if step.get("concurrency") is not None else step.get("rate")
     row = {c: None for c in COLUMNS}
@@ -216,11 +313,14 @@ def _step_row(step: dict, tel: pd.DataFrame, req: pd.DataFrame, tokens_per_s: Op
         return row
     window = t1 - t0
     tel = tel[tel.metric != tm.GAP]
-    gpus = sorted(set(tel.gpu.dropna()), key=lambda g: (len(g), g))
-    sources = sorted(set(tel.source.dropna()))
-    tokens = tokens_per_s * window if tokens_per_s is not None else window_tokens(req, t0, t1)
+    gpus = sorted(map(str, tel.gpu.dropna().unique()), key=lambda g: (len(g), g))
+    sources = sorted(map(str, tel.source.dropna().unique()))
+    if tokens_per_s is not None and math.isfinite(tokens_per_s):
+        tokens = tokens_per_s * window
+    else:
+        tokens = window_tokens(req, t0, t1) if req is not None else 0.0
     row.update(window_s=window, output_tokens=tokens, gpus=len(gpus) or None,
-               source=",".join(sources) or None, tokens_per_s=tokens / window)
+               source=",".join(sources) or None, label=energy_label(sources), tokens_per_s=tokens / window)
     if gpus:
         row["tokens_per_s_per_gpu"] = tokens / window / len(gpus)
     energies = [gpu_energy(tel[tel.gpu == g], t0, t1) for g in gpus]
@@ -263,34 +363,63 @@ def _step_row(step: dict, tel: pd.DataFrame, req: pd.DataFrame, tokens_per_s: Op
     return row
 
 
-_REQ_COLUMNS = ["variant", "step", "send_time", "ttft_s", "itl_s", "output_tokens", "token_events"]
+def step_columns(row: dict) -> dict:
+    """A step's energy row under its step-table names; all empty (flags too) without telemetry."""
+    sampled = row.get("gpus") is not None
+    return {name: (row.get(col) if sampled else None) for col, name in STEP_COLUMNS.items()}
+
+
+def typed_step_columns(steps: pd.DataFrame) -> pd.DataFrame:
+    """The energy columns of a step table with one type each (numbers, nullable flags, text), so a run
+    without telemetry writes the same columns as one with it."""
+    out = steps.copy()
+    for name in STEP_COLUMNS.values():
+        if name not in out:
+            out[name] = None
+        if name in _FLAGS:
+            out[name] = out[name].astype("boolean")
+        elif name not in _TEXT:
+            out[name] = pd.to_numeric(out[name], errors="coerce").astype(float)
+    return out
+
+
+_TOKEN_COLUMNS = ["send_time", "ttft_s", "itl_s", "output_tokens", "token_events"]
 
 
 def energy_table(run_dir: Union[str, Path, RunDir], steps: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One row per step of the run (COLUMNS); energy columns are empty where there was no telemetry.
 
     `steps` (the analysis' per-step table, with variant, step and output_tokens_per_s) makes the
-    token counts those of the report; without it tokens are counted here from the request rows.
+    token counts those of the report and spares reading the request rows; without it tokens are
+    counted here from each step's request file. Files are read one step at a time.
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    manifest_steps = run.read_manifest().get("steps", [])
-    tel = tm.read_telemetry(run)
-    if not len(tel) or not manifest_steps:
+    manifest_steps = [s for s in run.read_manifest().get("steps", []) if isinstance(s, dict)]
+    paths = {(s["variant"], int(s["step"])): tm.telemetry_path(run, s["variant"], int(s["step"])) for s in manifest_steps}
+    if not any(p.exists() for p in paths.values()):
         return pd.DataFrame(columns=COLUMNS)
-    req = run.read_requests(columns=_REQ_COLUMNS)
-    tel_by = dict(tuple(tel.groupby(["variant", "step"])))
-    req_by = dict(tuple(req.groupby(["variant", "step"])))
-    empty_t, empty_r = tel.iloc[0:0], req.iloc[0:0]
     tps: dict[tuple[str, int], float] = {}
     if steps is not None and len(steps):
-        for r in steps[["variant", "step", "output_tokens_per_s"]].itertuples(index=False):
-            if r.output_tokens_per_s is not None and np.isfinite(r.output_tokens_per_s):
-                tps[(r.variant, int(r.step))] = float(r.output_tokens_per_s)
-    rows = [_step_row(s, tel_by.get((s["variant"], s["step"]), empty_t), req_by.get((s["variant"], s["step"]), empty_r),
-                      tps.get((s["variant"], int(s["step"]))))
-            for s in manifest_steps]
+        known = steps[np.isfinite(steps.output_tokens_per_s.astype(float))]
+        tps = dict(zip(zip(known.variant, known.step.astype(int)), known.output_tokens_per_s.astype(float)))
+    rows = []
+    for s in manifest_steps:
+        key = (s["variant"], int(s["step"]))
+        req = None
+        if key not in tps:
+            f = run.requests_path(*key)
+            req = pq.read_table(f, columns=_TOKEN_COLUMNS) if f.exists() else None
+        rows.append(step_energy(s, read_step_telemetry(paths[key]), req, tps.get(key)))
+    return sorted_table(rows)
+
+
+def sorted_table(rows: list[dict], variants: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Rows of COLUMNS as a table in (variant, step) order; `variants` gives the variants' order
+    (the run's), else by name."""
     df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.sort_values(["variant", "step"], kind="stable").reset_index(drop=True)
+    rank = {v: i for i, v in enumerate(variants or sorted(set(df.variant)))}
+    df["_rank"] = df.variant.map(rank).fillna(len(rank))
+    return df.sort_values(["_rank", "step"], kind="stable").drop(columns="_rank").reset_index(drop=True)
 
 
 # --- sentences and charts -----------------------------------------------------------------------
@@ -332,8 +461,8 @@ def energy_sentence(table: pd.DataFrame, variant: str, baseline: str, level: Opt
         energy = "the same energy per token"
     else:
         energy = f"{pct}% {'less' if change < 0 else 'more'} energy per token"
-    sources = set(",".join(table[table.variant.isin([variant, baseline])].source.dropna()).split(",")) - {""}
-    how = "modelled power, not measured" if sources == {"modelled"} else ("measured by " + "+".join(sorted(sources)))
+    sources = sources_of(table[table.variant.isin([variant, baseline])])
+    how = "modelled power, not measured" if sources == ["modelled"] else ("measured by " + "+".join(sources))
     return (f"{variant} {_level_text(table, level)} gives {speed:.2f}x the tokens of {baseline} for {energy} "
             f"({tv.joules_per_token:.3g} vs {tb.joules_per_token:.3g} J/token; {how})")
 
@@ -354,8 +483,11 @@ def energy_sentences(table: pd.DataFrame, baseline: str) -> list[str]:
     return out
 
 
-def plot_energy(table: pd.DataFrame, path: Union[str, Path]) -> Optional[Path]:
-    """Mean power and output tokens per joule against load, one line per variant; None if no energy."""
+def plot_energy(table: pd.DataFrame, path: Union[str, Path], colours: Optional[dict[str, str]] = None
+                ) -> Optional[Path]:
+    """Mean power and output tokens per joule against load, one line per variant; None if no energy.
+
+    `colours` (variant -> colour) keeps each variant's colour of the report's other charts."""
     t = table[table.energy_j.notna()]
     if t.empty:
         return None
@@ -365,14 +497,16 @@ def plot_energy(table: pd.DataFrame, path: Union[str, Path]) -> Optional[Path]:
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401 - used through matplotlib.ticker below
 
+    from analysis.charts import label
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rate_mode = not t.concurrency.notna().any()
     fig, (ax_p, ax_e) = plt.subplots(1, 2, figsize=(11, 4.2))
     for variant, g in t.groupby("variant", sort=False):
         g = g.groupby("level")[["mean_power_w", "tokens_per_joule"]].median().sort_index()
-        ax_p.plot(g.index, g.mean_power_w, marker="o", label=variant)
-        ax_e.plot(g.index, g.tokens_per_joule, marker="o", label=variant)
+        colour = (colours or {}).get(variant)
+        ax_p.plot(g.index, g.mean_power_w, marker="o", label=label(variant), color=colour)
+        ax_e.plot(g.index, g.tokens_per_joule, marker="o", label=label(variant), color=colour)
         bad = t[(t.variant == variant) & t.throttled.astype(bool)]
         if len(bad):
             ax_e.scatter(bad.level, bad.tokens_per_joule, marker="x", color="red", zorder=3)
@@ -384,27 +518,31 @@ def plot_energy(table: pd.DataFrame, path: Union[str, Path]) -> Optional[Path]:
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.grid(True, alpha=0.3)
-    sources = set(",".join(t.source.dropna()).split(",")) - {""}
-    title = "GPU power and energy efficiency" + (" (modelled)" if sources == {"modelled"} else "")
+    title = "GPU power and energy efficiency" + (" (modelled)" if energy_label(sources_of(t)) == "modelled" else "")
     fig.suptitle(title)
     ax_e.legend(fontsize="small")
-    fig.tight_layout()
+    # fixed margins: tight_layout would draw the figure a second time to measure it
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.88, wspace=0.25)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def write_energy(run_dir: Union[str, Path, RunDir], steps: Optional[pd.DataFrame] = None) -> dict[str, Optional[Path]]:
-    """energy.parquet, energy.csv and charts/energy.png in the run directory (nothing if no telemetry)."""
-    import pyarrow as pa
+def write_energy(run_dir: Union[str, Path, RunDir], steps: Optional[pd.DataFrame] = None,
+                 table: Optional[pd.DataFrame] = None, colours: Optional[dict[str, str]] = None
+                 ) -> dict[str, Optional[Path]]:
+    """energy.parquet, energy.csv and charts/energy.png in the run directory (nothing if no telemetry).
 
+    `table` (an energy table already computed, as the analysis keeps one) is written as it is.
+    """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    table = energy_table(run, steps)
+    if table is None:
+        table = energy_table(run, steps)
     if table.empty or not table.energy_j.notna().any():
         return {"table": None, "csv": None, "chart": None}
     pq_path = run.path / "energy.parquet"
     atomic_write_table(pq_path, pa.Table.from_pandas(table, preserve_index=False))
     csv_path = run.path / "energy.csv"
     atomic_write_text(csv_path, table.to_csv(index=False))
-    chart = plot_energy(table, run.charts_dir / "energy.png")
+    chart = plot_energy(table, run.charts_dir / "energy.png", colours)
     return {"table": pq_path, "csv": csv_path, "chart": chart}

@@ -23,6 +23,11 @@ def num(x: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def tera(x: Any) -> str:
+    """A rate in units of 10^12 (TFLOP/s, TB/s): 3.35e12 -> '3.35'."""
+    return num(float(x) / 1e12) if is_num(x) else "–"
+
+
 def ratio(x: Any) -> str:
     return f"{float(x):.2f}x" if is_num(x) else "–"
 

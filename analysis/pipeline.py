@@ -20,8 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis import energy as en
 from analysis import server_metrics as sm
 from analysis.agreement import agreement_columns
+from analysis.crosscheck import crosscheck_table
 from analysis.data import AnalysisError, RunInfo, load_run
 from analysis.roofline import Roofline, analyse_roofline
 from analysis.speedup import (
@@ -36,7 +38,7 @@ from analysis.speedup import (
 )
 from analysis.steps import StepRequests, aggregate_step, level_of, read_step_table
 from loadtest.records import REQUEST_SCHEMA
-from loadtest.results import RunDir
+from loadtest.results import ResultsError, RunDir
 
 METRIC_NAMES = sorted(
     {sm.GAP, sm.UP, sm.RESET, *sm.RUNNING, *sm.WAITING, *sm.KV_USAGE, *sm.COUNTERS}
@@ -58,6 +60,8 @@ class Analysis:
     roofline: Roofline
     series: pd.DataFrame  # server gauges per scrape, for charts
     errors: pd.DataFrame  # variant, step, error_kind, count, example
+    energy: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=en.COLUMNS))  # empty: no telemetry
+    crosscheck: pd.DataFrame = field(default_factory=pd.DataFrame)  # vllm bench serve beside ridgeline's steps
     requests: dict[tuple[str, int], StepRequests] = field(default_factory=dict)
     draws: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     level_draws: dict[tuple[str, float], np.ndarray] = field(default_factory=dict)
@@ -79,7 +83,18 @@ def _read_metrics(path: Optional[Path]) -> Optional[pa.Table]:
         raise AnalysisError(f"{path}: cannot be read as a metrics table ({exc})") from None
 
 
-def _one_step(info: RunInfo, s: Any) -> tuple[dict[str, Any], StepRequests, pd.DataFrame, pd.DataFrame, np.ndarray]:
+@dataclass
+class _StepResult:
+    head: dict[str, Any]  # the step's row
+    requests: StepRequests
+    kinds: pd.DataFrame  # errors by kind
+    series: pd.DataFrame  # server gauges per scrape
+    draws: np.ndarray  # bootstrap throughputs
+    energy: dict[str, Any]  # its row of the energy table
+    warnings: list[str]
+
+
+def _one_step(info: RunInfo, s: Any) -> _StepResult:
     path = info.request_file(s.variant, s.step)
     table = read_step_table(path) if path is not None else REQUEST_SCHEMA.empty_table()
     conc, rate = s.concurrency, s.rate
@@ -108,7 +123,21 @@ def _one_step(info: RunInfo, s: Any) -> tuple[dict[str, Any], StepRequests, pd.D
     kinds.insert(0, "variant", s.variant)
     rng = np.random.default_rng(seed_for(s.variant, s.step))
     draws = bootstrap_rate(reqs.slice_tokens, row["window_s"], rng)
-    return head, reqs, kinds, series, draws
+    energy, warnings = _step_energy(info, s, head)
+    head.update(en.step_columns(energy))
+    return _StepResult(head, reqs, kinds, series, draws, energy, warnings)
+
+
+def _step_energy(info: RunInfo, s: Any, head: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The step's energy over the analysis' own window and token count (no second pass over requests)."""
+    step = dict(s.to_dict(), concurrency=head["concurrency"], rate=head["rate"], status=head["status"],
+                window_start=finite(head["window_start"]), window_end=finite(head["window_end"]))
+    warnings = []
+    try:
+        samples = en.read_step_telemetry(info.telemetry_file(s.variant, s.step))
+    except ResultsError as exc:
+        samples, warnings = en.read_step_telemetry(None), [f"{exc}; that step has no energy figures"]
+    return en.step_energy(step, samples, tokens_per_s=finite(head["output_tokens_per_s"])), warnings
 
 
 def _map_steps(fn, items: list) -> list:
@@ -138,8 +167,9 @@ def _map_steps(fn, items: list) -> list:
 
 
 def _fingerprint(path: Path) -> tuple:
-    files = [path / "manifest.json", *sorted((path / "requests").glob("*/step-*.parquet")),
-             *sorted((path / "metrics").glob("*/step-*.parquet"))]
+    files = [path / "manifest.json", *(f for d in ("requests", "metrics", "telemetry")
+                                       for f in sorted((path / d).glob("*/step-*.parquet"))),
+             *sorted((path / "crosscheck").glob("*/*.json"))]
     out = []
     for f in files:
         try:
@@ -167,25 +197,27 @@ def compute(run_dir: Union[str, Path, RunDir], use_cache: bool = True) -> Analys
 
 
 def _compute(info: RunInfo) -> Analysis:
-    rows, series, kinds = [], [], []
+    rows, series, kinds, energy_rows, step_warnings = [], [], [], [], []
     requests: dict[tuple[str, int], StepRequests] = {}
     draws: dict[tuple[str, int], np.ndarray] = {}
     results = _map_steps(lambda st: _one_step(info, st), info.steps)
-    for s, (head, reqs, k, ser, d) in zip(info.steps, results):
-        rows.append(head)
-        requests[(s.variant, s.step)] = reqs
-        draws[(s.variant, s.step)] = d
-        if len(ser):
-            series.append(ser)
-        if len(k):
-            kinds.append(k)
+    for s, res in zip(info.steps, results):
+        rows.append(res.head)
+        requests[(s.variant, s.step)] = res.requests
+        draws[(s.variant, s.step)] = res.draws
+        energy_rows.append(res.energy)
+        step_warnings += res.warnings
+        if len(res.series):
+            series.append(res.series)
+        if len(res.kinds):
+            kinds.append(res.kinds)
     steps = pd.DataFrame(rows)
     if steps.empty:
         raise AnalysisError(f"{info.path}: no steps to analyse (the manifest lists none and no request files exist)")
     steps = steps.sort_values(["variant", "step"], kind="stable").reset_index(drop=True)
     order = {v: i for i, v in enumerate(info.variants)}
     steps = steps.iloc[sorted(range(len(steps)), key=lambda i: (order.get(steps.variant[i], 1e9), steps.step[i]))]
-    steps = agreement_columns(steps.reset_index(drop=True))
+    steps = en.typed_step_columns(agreement_columns(steps.reset_index(drop=True)))
 
     levels, level_draws = level_table(steps, draws)
     speedups = speedup_table(levels, level_draws, info.baseline)
@@ -201,10 +233,14 @@ def _compute(info: RunInfo) -> Analysis:
         columns=["variant", "step", "time", "running", "waiting", "kv_cache_usage", "generation_tokens_per_s"])
     errs = pd.concat(kinds, ignore_index=True) if kinds else pd.DataFrame(
         columns=["variant", "step", "error_kind", "count", "example"])
+    energy = en.sorted_table(energy_rows, info.variants)
+    if not energy.gpus.notna().any():
+        energy = pd.DataFrame(columns=en.COLUMNS)
+    cc, cc_warnings = crosscheck_table(info.path, info.manifest, steps)
     analysis = Analysis(info=info, steps=steps, levels=levels, speedups=speedups, crossings=cross, capacity=caps,
-                        roofline=roof, series=ser, errors=errs, requests=requests, draws=draws,
-                        level_draws=level_draws)
-    analysis.warnings = _warnings(analysis)
+                        roofline=roof, series=ser, errors=errs, energy=energy, crosscheck=cc, requests=requests,
+                        draws=draws, level_draws=level_draws)
+    analysis.warnings = list(dict.fromkeys(_warnings(analysis) + step_warnings + cc_warnings))
     return analysis
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Union
 
-from analysis.charts import write_charts
+from analysis import energy
+from analysis.charts import colours, write_charts
 from analysis.pipeline import Analysis, compute
 from analysis.report_html import render_html
 from analysis.report_md import render_md
@@ -13,22 +14,18 @@ from loadtest.results import RunDir, atomic_write_text
 
 
 def _energy(run: RunDir, a: Analysis) -> dict[str, Any]:
-    """The energy chart and sentences when the run recorded GPU telemetry (nothing otherwise)."""
-    try:
-        from analysis import energy
-    except ImportError:
-        return {}
-    try:
-        written = energy.write_energy(run)
-        if written.get("table") is None:
-            return {}
-        import pandas as pd
+    """energy.parquet, energy.csv, the energy chart and sentences when the run recorded GPU telemetry.
 
-        table = pd.read_parquet(written["table"])
-        return {"chart": written.get("chart"), "sentences": energy.energy_sentences(table, a.baseline)}
-    except Exception as exc:
-        a.warnings.append(f"energy section left out: {type(exc).__name__}: {exc}")
+    The table is the analysis' own (computed step by step with the rest), so nothing is read again.
+    """
+    if a.energy.empty:
         return {}
+    try:
+        written = energy.write_energy(run, table=a.energy, colours=colours(a))
+    except (OSError, ValueError, RuntimeError) as exc:
+        a.warnings.append(f"energy chart and files left out: {type(exc).__name__}: {exc}")
+        written = {}
+    return {"chart": written.get("chart"), "sentences": energy.energy_sentences(a.energy, a.baseline)}
 
 
 def render_reports(run_dir: Union[str, Path, RunDir]) -> dict[str, Path]:

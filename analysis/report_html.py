@@ -19,6 +19,9 @@ import numpy as np
 
 from analysis import fmt
 from analysis.agreement import AGREEMENT_PCT
+from analysis import report_tables as rt
+from analysis.crosscheck import commands as crosscheck_commands
+from analysis.energy import MIN_COVERAGE
 from analysis.pipeline import Analysis
 from analysis.speedup import SLO_ATTAINMENT
 from analysis.summary import BACKEND_NOTE, served_problem, threshold_key
@@ -59,6 +62,9 @@ details summary{cursor:pointer;font-weight:600;margin:6px 0}
 {{ started }}{% if status %} · run {{ status }}{% endif %}</div>
 </header>
 <main>
+{% macro table(t) %}<div class="scroll"><table><tr>{% for h in t.headers %}<th{% if loop.index0 in t.text %} class="l"{% endif %}>{{ h }}</th>{% endfor %}</tr>
+{% for r in t.rows %}<tr{% if r.bad %} class="bad"{% endif %}>{% for c in r.cells %}<td class="{{ 'l' if loop.index0 in t.text else '' }} {{ 'flag' if loop.index0 in r.flagged else '' }}">{{ c }}</td>{% endfor %}</tr>{% endfor %}
+</table></div>{% endmacro %}
 <section id="verdict"><h2>Verdict</h2>
 <p class="verdict">{{ verdict }}</p>
 {% for c in callouts %}<div class="callout">{{ c }}</div>{% endfor %}
@@ -97,16 +103,28 @@ same crossing on the 95% bootstrap bounds of the speedup. "from N": already belo
 {% if roofline_unavailable %}<p class="warn">No roofline: {{ roofline_unavailable }}</p>{% else %}
 {% for s in roofline_sentences %}<p>{{ s }}</p>{% endfor %}
 {% if charts.get('roofline') %}<figure><img alt="roofline" src="{{ charts.get('roofline') }}"></figure>{% endif %}
-<div class="scroll"><table><tr><th class="l">variant</th><th>{{ level_word }}</th><th>batch</th><th class="l">from</th><th>context</th><th>bound step</th><th>measured step (mean ITL)</th><th>share of bound</th><th class="l">regime</th><th>weights' share of bytes</th><th>FLOP/s share</th><th>bandwidth share</th></tr>
+<div class="scroll"><table><tr><th class="l">variant</th><th>{{ level_word }}</th><th>batch</th><th class="l">from</th><th>context</th><th>bound step</th><th>measured step (mean ITL)</th><th>share of bound</th><th class="l">regime</th><th>weights' share of bytes</th><th>achieved TFLOP/s (of peak)</th><th>achieved TB/s (of peak)</th></tr>
 {% for r in roofline_rows %}<tr><td class="l">{{ r.variant }}</td><td>{{ r.level }}</td><td>{{ r.batch }}</td><td class="l">{{ r.source }}</td><td>{{ r.context }}</td><td>{{ r.bound }}</td><td>{{ r.measured }}</td><td>{{ r.share }}</td><td class="l">{{ r.regime }}</td><td>{{ r.wshare }}</td><td>{{ r.flops }}</td><td>{{ r.bw }}</td></tr>{% endfor %}
-</table></div>{% endif %}
+</table></div>
+<p class="muted">Achieved TFLOP/s and TB/s per GPU are the window's increase of vLLM's own estimates
+(vllm:estimated_flops_per_gpu_total, vllm:estimated_read_bytes_per_gpu_total) over its length, "–" where
+the server does not expose them; the shares are of the datasheet peaks, {{ roofline_peaks }}.</p>{% endif %}
 </section>
 
 <section id="server"><h2>Server-side series</h2>
 {% if charts.get('server_series') %}<figure><img alt="server series over time" src="{{ charts.get('server_series') }}"></figure>
 {% else %}<p class="muted">No server metrics were scraped.</p>{% endif %}
-{% if charts.get('energy') %}<h3>Energy</h3>{% for s in energy_sentences %}<p>{{ s }}</p>{% endfor %}<figure><img alt="energy" src="{{ charts.get('energy') }}"></figure>{% endif %}
 </section>
+
+{% if energy_table.rows %}<section id="energy"><h2>Energy</h2>
+{% for s in energy_sentences %}<p>{{ s }}</p>{% endfor %}
+{% if charts.get('energy') %}<figure><img alt="energy" src="{{ charts.get('energy') }}"></figure>{% endif %}
+{{ table(energy_table) }}
+<p class="muted">Energy of the measured window from the GPUs' cumulative energy counters (integrated power where
+there is none), summed over the GPUs sampled; "modelled" is the emulator's power model, not a measurement. A step
+whose clocks were throttled, or whose samples cover less than {{ min_coverage }} of the window, is left out of the
+comparison.</p>
+</section>{% endif %}
 
 <section id="agreement"><h2>Client and server agreement</h2>
 <p class="muted">Client medians against the server's histogram estimates in the same window. Flagged over {{ agreement_pct }}%;
@@ -114,6 +132,12 @@ same crossing on the 95% bootstrap bounds of the speedup. "from N": already belo
 <div class="scroll"><table><tr><th class="l">variant</th><th>{{ level_word }}</th><th>client TTFT p50</th><th>server TTFT p50</th><th>diff</th><th>client ITL p50</th><th>server ITL p50</th><th>diff</th><th>client tokens/s</th><th>server tokens/s</th><th class="l">verdict</th><th class="l">client CPU</th></tr>
 {% for r in agreement_rows %}<tr{% if r.bad %} class="bad"{% endif %}><td class="l">{{ r.variant }}</td><td>{{ r.level }}</td><td>{{ r.c_ttft }}</td><td>{{ r.s_ttft }}</td><td{% if r.f_ttft %} class="flag"{% endif %}>{{ r.d_ttft }}</td><td>{{ r.c_itl }}</td><td>{{ r.s_itl }}</td><td{% if r.f_itl %} class="flag"{% endif %}>{{ r.d_itl }}</td><td>{{ r.c_tps }}</td><td>{{ r.s_tps }}</td><td class="l">{{ r.verdict }}</td><td class="l">{{ r.cpu }}</td></tr>{% endfor %}
 </table></div></section>
+
+{% if crosscheck_table %}<section id="crosscheck"><h2>ridgeline vs vllm bench serve</h2>
+<p class="muted">{{ crosscheck_note }}</p>
+{{ table(crosscheck_table) }}
+{% for c in crosscheck_commands %}<p><b>{{ c.variant }}</b></p><pre>{{ c.command }}</pre>{% endfor %}
+</section>{% endif %}
 
 <section id="steps"><h2>Per-step results</h2>
 {% for v in step_tables %}<h3>{{ v.variant }}{% if v.note %} <span class="flag">{{ v.note }}</span>{% endif %}</h3>
@@ -218,8 +242,9 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
                               "source": r.batch_source, "context": fmt.num(r.context_tokens),
                               "bound": fmt.seconds(r.bound_s), "measured": fmt.seconds(r.measured_s),
                               "share": fmt.pct(r.bound_share), "regime": r.regime or "–",
-                              "wshare": fmt.pct(r.weight_byte_share), "flops": fmt.pct(r.achieved_flops_share, 1),
-                              "bw": fmt.pct(r.achieved_bandwidth_share)})
+                              "wshare": fmt.pct(r.weight_byte_share),
+                              "flops": _of_peak(r.achieved_flops_per_s, r.achieved_flops_share, 1),
+                              "bw": _of_peak(r.achieved_read_bytes_per_s, r.achieved_bandwidth_share, 0)})
     from analysis.summary import _roofline_sentence
 
     sentences = [s for s in [_roofline_sentence(a)] if s]
@@ -253,7 +278,7 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
                      fmt.seconds(r.itl_p99_s), fmt.seconds(r.tpot_p50_s), fmt.seconds(r.e2e_p50_s),
                      fmt.seconds(r.e2e_p99_s), str(r.requests), str(r.errors), str(r.cancelled),
                      fmt.num(r.server_running_mean), fmt.num(r.server_waiting_mean), fmt.pct(r.kv_cache_usage_mean, 1),
-                     fmt.num(r.preemptions), fmt.pct(r.prefix_cache_hit_rate)]
+                     fmt.num(r.preemptions), fmt.pct(r.prefix_cache_hit_rate)] + rt.lateness_cells(a, r)
             rows.append({"cells": cells, "bad": r.status != "complete" or r.errors > 0})
         step_tables.append({"variant": v, "rows": rows, "note": served_problem(a, v) or ""})
 
@@ -295,11 +320,39 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
         "slo": info.slo.describe(), "attainment": f"{SLO_ATTAINMENT:.0%}", "capacity_rows": capacity_rows,
         "roofline_unavailable": a.roofline.unavailable, "roofline_sentences": sentences,
         "roofline_rows": roofline_rows, "agreement_pct": f"{AGREEMENT_PCT:g}", "agreement_rows": agreement_rows,
-        "step_headers": STEP_HEADERS, "step_tables": step_tables, "error_rows": error_rows,
+        "step_headers": STEP_HEADERS + rt.lateness_headers(a), "step_tables": step_tables, "error_rows": error_rows,
         "warnings": a.warnings, "environment": environment, "servers": servers,
         "plan_json": json.dumps(m.get("plan"), indent=2, default=str),
-        "energy_sentences": (energy or {}).get("sentences", []),
+        "energy_sentences": (energy or {}).get("sentences", []), "energy_table": rt.energy_table(a),
+        "min_coverage": f"{MIN_COVERAGE:.0%}", "roofline_peaks": _peaks(a),
+        "crosscheck_table": rt.crosscheck_table(a) if m.get("crosscheck") else None,
+        "crosscheck_note": rt.crosscheck_note(),
+        "crosscheck_commands": [{"variant": v, "command": _command(argv, {})} for v, argv in crosscheck_commands(m)],
     }
+
+
+def _of_peak(rate: Any, share: Any, digits: int) -> str:
+    """'3.6 (0.4%)': a rate in units of 10^12 and its share of the peak."""
+    if not fmt.is_num(rate):
+        return "–"
+    return fmt.tera(rate) + (f" ({fmt.pct(share, digits)})" if fmt.is_num(share) else "")
+
+
+def _peaks(a: Analysis) -> str:
+    """The GPU's dense peaks each variant is held against, e.g. '989 TFLOP/s (bf16: fp16, awq) and 3.35 TB/s'."""
+    roof = a.roofline
+    if roof.unavailable or roof.gpu is None:
+        return "unknown"
+    from deploy.roofline import compute_dtype
+
+    by_dtype: dict[str, list[str]] = {}
+    for v, (weights, _) in roof.kinds.items():
+        try:
+            by_dtype.setdefault(compute_dtype(weights, roof.gpu), []).append(v)
+        except ValueError:
+            continue
+    flops = ", ".join(f"{fmt.tera(roof.gpu.flops(d, False))} TFLOP/s ({d}: {', '.join(vs)})" for d, vs in by_dtype.items())
+    return f"{flops} and {fmt.tera(roof.gpu.bandwidth(False))} TB/s"
 
 
 def _verdict_text(a: Analysis) -> str:

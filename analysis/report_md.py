@@ -7,12 +7,16 @@ hostile variant name or error renders as text on a code host too.
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from analysis import fmt
+from analysis import report_tables as rt
+from analysis.crosscheck import commands as crosscheck_commands
+from analysis.energy import energy_sentences
 from analysis.pipeline import Analysis
 from analysis.speedup import interval
 from analysis.summary import BACKEND_NOTE, served_problem, threshold_key
@@ -32,6 +36,12 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out
+
+
+def _shared_table(t: rt.Table) -> list[str]:
+    """A report_tables.Table in Markdown: every cell escaped, flagged cells in bold."""
+    rows = [[f"**{md(c)}**" if i in r.flagged else md(c) for i, c in enumerate(r.cells)] for r in t.rows]
+    return _table([md(h) for h in t.headers], rows)
 
 
 def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Optional[str] = None) -> str:
@@ -94,7 +104,7 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
 
     lines += ["## Per step", ""]
     heads = ["variant", word, "status", "out tok/s", "95% interval", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
-             "e2e p50", "goodput tok/s", "SLO met", "requests", "errors"]
+             "e2e p50", "goodput tok/s", "SLO met", "requests", "errors"] + rt.lateness_headers(a)
     rows = []
     for r in a.steps.itertuples(index=False):
         d = a.draws.get((r.variant, int(r.step)))
@@ -102,8 +112,19 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
         rows.append([md(r.variant), lvl(r.level), md(r.status), fmt.num(r.output_tokens_per_s), fmt.interval(lo, hi),
                      fmt.seconds(r.ttft_p50_s), fmt.seconds(r.ttft_p99_s), fmt.seconds(r.itl_p50_s),
                      fmt.seconds(r.itl_p99_s), fmt.seconds(r.e2e_p50_s), fmt.num(r.goodput_tokens_per_s),
-                     fmt.pct(r.slo_attainment), str(r.requests), str(r.errors)])
+                     fmt.pct(r.slo_attainment), str(r.requests), str(r.errors)] + rt.lateness_cells(a, r))
     lines += _table(heads, rows) + [""]
+
+    energy = rt.energy_table(a)
+    if energy.rows:
+        lines += ["## Energy", ""] + [f"- {md(s)}" for s in energy_sentences(a.energy, a.baseline)] + [""]
+        lines += _shared_table(energy) + [""]
+    if info.manifest.get("crosscheck"):
+        lines += ["## ridgeline vs vllm bench serve", "", md(rt.crosscheck_note()), ""]
+        lines += _shared_table(rt.crosscheck_table(a)) + [""]
+        for v, argv in crosscheck_commands(info.manifest):
+            lines += [f"- {md(v)}: {md(shlex.join(argv))}"]
+        lines.append("")
 
     if a.warnings:
         lines += ["## Warnings", ""] + [f"- {md(w)}" for w in a.warnings] + [""]

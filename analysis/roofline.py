@@ -21,7 +21,8 @@ from analysis.data import RunInfo
 
 COLUMNS = ["variant", "step", "level", "batch", "batch_source", "context_tokens", "bound_s", "memory_s",
            "compute_s", "regime", "measured_s", "bound_share", "weight_byte_share", "bound_tokens_per_s",
-           "measured_tokens_per_s", "achieved_flops_share", "achieved_bandwidth_share"]
+           "measured_tokens_per_s", "achieved_flops_per_s", "achieved_read_bytes_per_s", "achieved_flops_share",
+           "achieved_bandwidth_share"]
 
 
 @dataclass
@@ -103,9 +104,12 @@ def analyse_roofline(info: RunInfo, steps: pd.DataFrame) -> Roofline:
         from deploy.roofline import compute_dtype
 
         peak_flops = gpu.flops(compute_dtype(weights, gpu), False)
-        if isinstance(flops, float) and math.isfinite(flops) and peak_flops:
-            out["achieved_flops_share"] = flops / peak_flops
+        if isinstance(flops, float) and math.isfinite(flops):
+            out["achieved_flops_per_s"] = flops
+            if peak_flops:
+                out["achieved_flops_share"] = flops / peak_flops
         if isinstance(read, float) and math.isfinite(read):
+            out["achieved_read_bytes_per_s"] = read
             out["achieved_bandwidth_share"] = read / gpu.bandwidth(False)
         rows.append(out)
     ctx_all = float(np.nanmean(contexts)) if contexts else (info.prompt_tokens_hint or 0.0)

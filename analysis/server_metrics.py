@@ -132,8 +132,8 @@ class _Step:
 
     def __init__(self, table: "pa.Table"):
         table = table.unify_dictionaries().combine_chunks() if table.num_rows else table
-        metric = _dictionary(table.column("metric"))
-        labels = _dictionary(table.column("labels"))
+        metric = dictionary(table.column("metric"))
+        labels = dictionary(table.column("labels"))
         metric_codes = np.asarray(metric.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         metric_names = metric.dictionary.to_pylist()
         self.time = np.asarray(table.column("time").to_numpy(), dtype=float)
@@ -187,8 +187,31 @@ class _Step:
         t, _, d = self.deltas(name)
         return float(d[(t > a) & (t <= b)].sum())
 
+    def increase_per_engine(self, names: tuple[str, ...], a: float, b: float) -> float:
+        """The increase of a per-GPU counter: summed within an engine, averaged over engines.
 
-def _dictionary(col: "pa.ChunkedArray") -> "pa.DictionaryArray":
+        Engines of a data-parallel server each drive their own GPUs, so adding their counts would
+        give the FLOPs of several GPUs, not of one.
+        """
+        name = self.pick(names)
+        if name is None:
+            return np.nan
+        labels, per_label = self.per_label(name, a, b)
+        if labels.size == 0:
+            return 0.0
+        engine = [_label(x, "engine") or "" for x in labels]
+        return float(pd.Series(per_label).groupby(engine).sum().mean())
+
+    def per_label(self, name: str, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+        """(label sets, the increase of each in (a, b]) of a cumulative series."""
+        t, codes, d = self.deltas(name)
+        m = (t > a) & (t <= b)
+        used, inv = np.unique(codes[m], return_inverse=True)
+        return self.label_names[used], np.bincount(inv, weights=d[m], minlength=used.size)
+
+
+def dictionary(col: "pa.ChunkedArray") -> "pa.DictionaryArray":
+    """A string column as one dictionary array (as Parquet stores it when read with read_dictionary)."""
     arr = col.chunk(0) if col.num_chunks == 1 else pa.concat_arrays(col.chunks)
     return arr if pa.types.is_dictionary(arr.type) else arr.dictionary_encode()
 
@@ -234,8 +257,8 @@ def step_server_metrics(st: Optional["_Step"], w0: float, w1: float) -> dict[str
     out["server_prompt_tokens_per_s"] = st.increase(PROMPT_TOKENS, a, b) / span
     hits, queries = st.increase(PREFIX_HITS, a, b), st.increase(PREFIX_QUERIES, a, b)
     out["prefix_cache_hit_rate"] = hits / queries if queries and queries > 0 else np.nan
-    out["achieved_flops_per_s"] = st.increase(FLOPS, a, b) / span
-    out["achieved_read_bytes_per_s"] = st.increase(READ_BYTES, a, b) / span
+    out["achieved_flops_per_s"] = st.increase_per_engine(FLOPS, a, b) / span
+    out["achieved_read_bytes_per_s"] = st.increase_per_engine(READ_BYTES, a, b) / span
 
     for h, bases in HISTOGRAMS.items():
         base = st.pick(tuple(n + "_bucket" for n in bases))
@@ -258,13 +281,10 @@ def step_server_metrics(st: Optional["_Step"], w0: float, w1: float) -> dict[str
 
 def bucket_deltas(st: "_Step", bucket_name: str, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
     """Bucket bounds (ascending, ending +Inf) and the cumulative count increase of each in (a, b]."""
-    t, codes, d = st.deltas(bucket_name)
-    m = (t > a) & (t <= b)
-    if not m.any():
+    labels, per_label = st.per_label(bucket_name, a, b)
+    if labels.size == 0:
         return np.zeros(0), np.zeros(0)
-    used, inv = np.unique(codes[m], return_inverse=True)
-    per_label = np.bincount(inv, weights=d[m], minlength=used.size)
-    le = np.array([_le(x) for x in st.label_names[used]], dtype=float)
+    le = np.array([_le(x) for x in labels], dtype=float)
     keep = ~np.isnan(le)
     bounds, inv_le = np.unique(le[keep], return_inverse=True)
     per_le = np.bincount(inv_le, weights=per_label[keep], minlength=bounds.size)
@@ -273,11 +293,19 @@ def bucket_deltas(st: "_Step", bucket_name: str, a: float, b: float) -> tuple[np
     return bounds, per_le
 
 
-def _le(labels: str) -> float:
+def _label(labels: str, key: str) -> Optional[str]:
     try:
-        v = json.loads(labels).get("le")
-        return float(v) if v is not None else np.nan
+        v = json.loads(labels).get(key)
     except (ValueError, TypeError, AttributeError):
+        return None
+    return None if v is None else str(v)
+
+
+def _le(labels: str) -> float:
+    v = _label(labels, "le")
+    try:
+        return float(v) if v is not None else np.nan
+    except ValueError:
         return np.nan
 
 

@@ -10,7 +10,9 @@ server that sends several tokens per chunk), each of its events is weighted by t
 For the throughput's interval the window is also cut into SLICES equal slices and the tokens
 of each counted (see analysis.speedup).
 
-Latencies are over the measured-phase requests (sent inside the window). Everything is vectorised
+Latencies are over the measured-phase requests (sent inside the window). An open-loop step's
+lateness (send_time - scheduled_time) is over the arrivals the schedule put inside the window, so
+one sent so late that it left after the window still counts. Everything is vectorised
 over the flattened inter-token gaps of the step: no Python loop per request or per token.
 """
 
@@ -33,8 +35,8 @@ from analysis.goodput import judge_requests
 
 PERCENTILES = (50, 90, 95, 99)
 SLICES = 50  # the measured window is cut into this many equal slices for the throughput interval
-REQUEST_COLUMNS = ["concurrency", "rate", "phase", "send_time", "ttft_s", "itl_s", "e2e_s", "prompt_tokens",
-                   "output_tokens", "token_events", "status", "error_kind", "error"]
+REQUEST_COLUMNS = ["concurrency", "rate", "phase", "send_time", "scheduled_time", "ttft_s", "itl_s", "e2e_s",
+                   "prompt_tokens", "output_tokens", "token_events", "status", "error_kind", "error"]
 
 
 @dataclass
@@ -63,7 +65,7 @@ def read_step_table(path: Path) -> pa.Table:
         raise AnalysisError(f"{path}: cannot be read as a request table ({exc})") from None
 
 
-def _col(table: pa.Table, name: str, dtype: Any = np.float64, fill: Any = np.nan) -> np.ndarray:
+def column(table: pa.Table, name: str, dtype: Any = np.float64, fill: Any = np.nan) -> np.ndarray:
     if name not in table.column_names:
         return np.full(table.num_rows, fill, dtype=dtype)
     arr = table.column(name)
@@ -108,13 +110,30 @@ def _pcts(values: np.ndarray, prefix: str, in_place: bool = False) -> dict[str, 
     return out
 
 
+def lateness(send: np.ndarray, scheduled: np.ndarray, w0: float, w1: float, measure: np.ndarray
+             ) -> dict[str, float]:
+    """p50, p99 and max of send_time - scheduled_time over the arrivals due inside [w0, w1].
+
+    An open-loop client that falls behind its schedule sends late: the load it offered was lower
+    than the rate says. Without a window, the measured-phase arrivals; closed-loop rows (no
+    schedule) give NaN.
+    """
+    due = np.isfinite(scheduled) & np.isfinite(send)
+    due &= (scheduled >= w0) & (scheduled <= w1) if np.isfinite(w0) and np.isfinite(w1) else measure
+    out = {"lateness_p50_s": np.nan, "lateness_p99_s": np.nan, "lateness_max_s": np.nan}
+    if due.any():
+        p50, p99, top = quantiles(send[due] - scheduled[due], (50, 99, 100), in_place=True)
+        out.update(lateness_p50_s=float(p50), lateness_p99_s=float(p99), lateness_max_s=float(top))
+    return out
+
+
 def window_from_records(table: pa.Table) -> tuple[Optional[float], Optional[float]]:
     """[first measured send, last measured end] when the manifest gives no window."""
     if table.num_rows == 0:
         return None, None
-    phase = _col(table, "phase", object)
-    send = _col(table, "send_time")
-    e2e = _col(table, "e2e_s")
+    phase = column(table, "phase", object)
+    send = column(table, "send_time")
+    e2e = column(table, "e2e_s")
     m = phase == "measure"
     if not m.any():
         m = np.ones(len(send), bool)
@@ -135,14 +154,14 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     if not have_window:
         w0 = w1 = np.nan
 
-    send = _col(table, "send_time")
-    phase = _col(table, "phase", object)
-    status = _col(table, "status", object)
-    ttft = _col(table, "ttft_s")
-    e2e = _col(table, "e2e_s")
-    out_tok = _col(table, "output_tokens")
-    prompt_tok = _col(table, "prompt_tokens")
-    events_col = _col(table, "token_events")
+    send = column(table, "send_time")
+    phase = column(table, "phase", object)
+    status = column(table, "status", object)
+    ttft = column(table, "ttft_s")
+    e2e = column(table, "e2e_s")
+    out_tok = column(table, "output_tokens")
+    prompt_tok = column(table, "prompt_tokens")
+    events_col = column(table, "token_events")
     measure = phase == "measure"
     ok = status == "ok"
     err = status == "error"
@@ -213,6 +232,7 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     row["output_tokens_mean"] = float(np.nanmean(out_tok[mo])) if mo.any() and np.isfinite(out_tok[mo]).any() else np.nan
     row["prompt_tokens_mean"] = (float(np.nanmean(prompt_tok[measure])) if measure.any()
                                  and np.isfinite(prompt_tok[measure]).any() else np.nan)
+    row.update(lateness(send, column(table, "scheduled_time"), w0, w1, measure))
     row["tokens_per_event"] = default_ratio
     row["window_itl_mean_s"] = window_gap  # every gap that ended inside the window, any request
 
@@ -230,8 +250,8 @@ def _errors_by_kind(table: pa.Table, err: np.ndarray) -> pd.DataFrame:
     if not err.any():
         return pd.DataFrame({"error_kind": pd.Series(dtype=str), "count": pd.Series(dtype=int),
                              "example": pd.Series(dtype=str)})
-    kind = _col(table, "error_kind", object)[err]
-    msg = _col(table, "error", object)[err]
+    kind = column(table, "error_kind", object)[err]
+    msg = column(table, "error", object)[err]
     df = pd.DataFrame({"error_kind": np.where(kind == "", "unknown", kind), "example": msg})
     g = df.groupby("error_kind", sort=True)
     return pd.DataFrame({"count": g.size(), "example": g["example"].first()}).reset_index()

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from analysis.crosscheck import verdict_word
+from analysis.energy import STEP_COLUMNS, energy_label, energy_sentences, sources_of
 from analysis.pipeline import Analysis, compute, finite
 from analysis.roofline import explain
 from analysis.speedup import SLO_ATTAINMENT, interval
@@ -34,7 +36,10 @@ STEP_KEYS = [
     "slo_attainment", "server_running_mean", "server_waiting_mean", "kv_cache_usage_mean", "preemptions",
     "server_generation_tokens_per_s", "prefix_cache_hit_rate", "server_ttft_p50_s", "server_itl_p50_s",
     "roofline_batch", "roofline_regime", "roofline_bound_share", "client_saturated",
+    "lateness_p50_s", "lateness_p99_s", "lateness_max_s", "achieved_flops_per_s", "achieved_read_bytes_per_s",
+    *STEP_COLUMNS.values(),
 ]
+INT_KEYS = ("concurrency", "gpus")
 BACKEND_NOTE = {
     "emulator": "emulator — modelled, not measured on a GPU",
     "vllm": "vllm — measured on real servers",
@@ -63,6 +68,8 @@ def _fmt_level(x: Optional[float], mode: str) -> str:
 
 
 def _clean(v: Any) -> Any:
+    if v is pd.NA:
+        return None
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     if isinstance(v, (int, np.integer)):
@@ -198,6 +205,9 @@ def verdict(a: Analysis) -> str:
     why = _roofline_sentence(a)
     if why:
         parts.append("In roofline terms: " + why)
+    energy = energy_sentences(a.energy, info.baseline)
+    if energy:
+        parts.append("Energy: " + "; ".join(energy) + ".")
     bad = a.steps[~a.steps.status.isin(["complete"])]
     if len(bad):
         parts.append(f"{len(bad)} step(s) did not complete and are left out of the curves.")
@@ -233,7 +243,8 @@ def _step_entries(a: Analysis, variant: str) -> list[dict[str, Any]]:
         if d is not None:
             r["output_tokens_per_s_lo"], r["output_tokens_per_s_hi"] = interval(d)
         entry = {k: _clean(r.get(k)) for k in STEP_KEYS}
-        entry["concurrency"] = int(r["concurrency"]) if finite(r.get("concurrency")) is not None else None
+        for k in INT_KEYS:
+            entry[k] = int(r[k]) if finite(r.get(k)) is not None else None
         entry["rate"] = finite(r.get("rate"))
         out.append(entry)
     return out
@@ -292,8 +303,33 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "model": info.model,
         "gpu": info.gpu,
         "roofline_context_tokens": finite(a.roofline.context_tokens),
+        "energy": _energy_entry(a),
+        "crosscheck": crosscheck_rows(a),
         "warnings": a.warnings,
     }
+
+
+def _energy_entry(a: Analysis) -> Optional[dict[str, Any]]:
+    """Where the energy figures came from and what they say (None: the run recorded no telemetry)."""
+    e = a.energy
+    if e.empty:
+        return None
+    sources = sources_of(e)
+    return {"label": energy_label(sources), "sources": sources, "sentences": energy_sentences(e, a.baseline),
+            "comparable_steps": int(e.comparable.astype(bool).sum()),
+            "throttled_steps": int(e.throttled.astype(bool).sum())}
+
+
+def crosscheck_rows(a: Analysis) -> list[dict[str, Any]]:
+    """The vllm bench serve comparison, one entry per (variant, concurrency), with its verdict."""
+    out = []
+    for r in a.crosscheck.itertuples(index=False):
+        d = {k: _clean(v) for k, v in r._asdict().items()}
+        for k in ("concurrency", "num_prompts", "step", "repeat", "bench_completed", "bench_failed"):
+            d[k] = int(d[k]) if finite(d.get(k)) is not None else None
+        d["verdict"] = verdict_word(r)
+        out.append(d)
+    return out
 
 
 def _round(x: Optional[float]) -> Optional[float]:

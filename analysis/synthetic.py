@@ -40,6 +40,8 @@ class StepModel:
     duration_s: float = 10.0
     errors: int = 0  # measured requests to turn into errors (error_kind "http")
     error_message: str = "HTTP 500: internal error"
+    power_w: Optional[float] = None  # constant power per GPU during the step (telemetry); None: no telemetry
+    clock_reasons: int = 0  # NVML clocks-event reason bitmask reported at every sample
 
 
 def _lengths(spec: Union[int, tuple[int, int]], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -140,11 +142,14 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def metrics_for(variant: str, step: int, info: StepInfo, extra: dict[str, np.ndarray], concurrency: int,
-                interval_s: float = 1.0, model_name: str = "m", padding: int = 0) -> pa.Table:
+                interval_s: float = 1.0, model_name: str = "m", padding: int = 0, flops_per_token: float = 0.0,
+                read_bytes_per_token: float = 0.0) -> pa.Table:
     """Scrapes of a vLLM-like /metrics page over the step: gauges, token counters, TTFT and ITL histograms.
 
     `padding` adds that many rows per scrape of series the analysis does not use, so a page has the
-    size of a real vLLM one (several hundred samples).
+    size of a real vLLM one (several hundred samples). `flops_per_token` and `read_bytes_per_token`
+    (when positive) add vLLM's estimated FLOP and read-byte counters, proportional to the generation
+    tokens, so the achieved rates are known: those per token times the generation tokens/s.
     """
     t0, t1 = info.started, (info.ended or info.window_end or info.started) + interval_s
     times = np.arange(t0, t1 + 1e-9, interval_s)
@@ -171,6 +176,10 @@ def metrics_for(variant: str, step: int, info: StepInfo, extra: dict[str, np.nda
     gen = done_tokens[np.searchsorted(end[order], times, side="right")]
     add("vllm:generation_tokens_total", "{" + base + "}", gen)
     add("vllm:num_preemptions_total", "{" + base + "}", np.zeros(times.size))
+    if flops_per_token > 0:
+        add("vllm:estimated_flops_per_gpu_total", "{" + base + "}", gen * flops_per_token)
+    if read_bytes_per_token > 0:
+        add("vllm:estimated_read_bytes_per_gpu_total", "{" + base + "}", gen * read_bytes_per_token)
     for le in TTFT_BUCKETS + (np.inf,):
         sel = np.sort(first[ok & (ttft <= le)])
         lab = "{" + base + f',"le":"{"+Inf" if np.isinf(le) else le}"' + "}"
@@ -187,6 +196,10 @@ def metrics_for(variant: str, step: int, info: StepInfo, extra: dict[str, np.nda
         add("vllm:inter_token_latency_seconds_bucket", lab, at[:, j])
     for j in range(padding):
         add("vllm:request_params_max_tokens_bucket", "{" + base + f',"le":"{j}"' + "}", np.arange(times.size, dtype=float))
+    return _metric_table(variant, step, rows)
+
+
+def _metric_table(variant: str, step: int, rows: dict[str, list]) -> pa.Table:
     n = sum(len(x) for x in rows["time"])
     return pa.table({
         "time": pa.array(np.concatenate(rows["time"])),
@@ -196,6 +209,42 @@ def metrics_for(variant: str, step: int, info: StepInfo, extra: dict[str, np.nda
         "labels": pa.array(np.concatenate(rows["labels"]).tolist(), pa.string()),
         "value": pa.array(np.concatenate(rows["value"])),
     }, schema=METRIC_SCHEMA)
+
+
+def telemetry_for(variant: str, step: int, info: StepInfo, m: StepModel, gpus: int = 1, source: str = "modelled",
+                  interval_s: float = 1.0) -> pa.Table:
+    """GPU samples over the step: each GPU draws `m.power_w` throughout, so a window's energy is
+    power x GPUs x its length; the cumulative energy counter and the power readings agree."""
+    from loadtest import telemetry as tm
+
+    t0 = info.started - interval_s
+    times = np.arange(t0, (info.ended or info.window_end or info.started) + 2 * interval_s, interval_s)
+    rows: dict[str, list] = {k: [] for k in ("time", "metric", "labels", "value")}
+    watts = float(m.power_w or 0.0)
+    for g in range(gpus):
+        lab = tm.labels_json({"gpu": str(g), "source": source})
+        for metric, values in ((tm.POWER, np.full(times.size, watts)), (tm.ENERGY, 1e6 + watts * (times - t0)),
+                               (tm.CLOCK_REASONS, np.full(times.size, float(m.clock_reasons))),
+                               (tm.SM_CLOCK, np.full(times.size, 1980.0)), (tm.UTIL, np.full(times.size, 97.0))):
+            rows["time"].append(times)
+            rows["metric"].append(np.full(times.size, metric, dtype=object))
+            rows["labels"].append(np.full(times.size, lab, dtype=object))
+            rows["value"].append(values)
+    return _metric_table(variant, step, rows)
+
+
+def as_rate_step(table: pa.Table, info: StepInfo, rate: float, lateness_s: Union[float, np.ndarray] = 0.0
+                 ) -> tuple[pa.Table, StepInfo]:
+    """A modelled step relabelled as an open-loop step at `rate`: each request was due
+    `lateness_s` (one value, or one per row) before it was sent."""
+    k = table.num_rows
+    late = np.broadcast_to(np.asarray(lateness_s, dtype=float), (k,))
+    send = table.column("send_time").to_numpy()
+    for name, col in (("concurrency", pa.nulls(k, pa.int32())), ("rate", pa.array(np.full(k, rate))),
+                      ("scheduled_time", pa.array(send - late))):
+        table = table.set_column(table.schema.get_field_index(name), name, col)
+    info.concurrency, info.rate = None, rate
+    return table, info
 
 
 def manifest(plan: dict[str, Any], steps: list[StepInfo], servers: Optional[dict[str, Any]] = None,
@@ -231,6 +280,10 @@ class RunModel:
     servers: dict[str, Any] = field(default_factory=dict)
     with_metrics: bool = True
     metric_padding: int = 0  # extra rows per scrape (see metrics_for)
+    flops_per_token: float = 0.0  # vLLM's estimated FLOP counter (see metrics_for)
+    read_bytes_per_token: float = 0.0
+    gpus: int = 1  # GPUs sampled per step where a StepModel sets power_w
+    telemetry_source: str = "modelled"
     seed: int = 0
 
 
@@ -246,7 +299,13 @@ def build_run(path: Union[str, Path], model: RunModel) -> RunDir:
             _write(run, variant, i, table)
             if model.with_metrics:
                 run.write_metrics(variant, i, metrics_for(variant, i, info, extra, m.concurrency,
-                                                          padding=model.metric_padding))
+                                                          padding=model.metric_padding,
+                                                          flops_per_token=model.flops_per_token,
+                                                          read_bytes_per_token=model.read_bytes_per_token))
+            if m.power_w is not None:
+                from loadtest.telemetry import write_telemetry
+
+                write_telemetry(run, variant, i, telemetry_for(variant, i, info, m, model.gpus, model.telemetry_source))
             infos.append(info)
             t = (info.ended or t) + 1.0
     plan = model.plan or plan_dict(list(model.steps))

@@ -4,7 +4,8 @@ Builds a modelled results directory (analysis.synthetic) of 4 variants x 9 concu
 about 1,000,000 request rows in all (output lengths 64-256 tokens, so each row carries a realistic
 list of inter-token gaps). Every step has the same measured window, as in a real sweep, so the
 high-concurrency steps hold most rows; the server is scraped every second with pages of about 300
-samples, as real vLLM pages are. Then `analyze` + `render_reports` run in a fresh process, which
+samples, as real vLLM pages are, and the GPU's power and energy counter are sampled every second
+(modelled telemetry, so the energy section and its table are part of the work). Then `analyze` + `render_reports` run in a fresh process, which
 reports its wall time and peak resident memory. Targets: 15 s and 2 GB on 2 cores.
 
     python benchmarks/analysis_scale.py [--rows 1000000] [--dir /tmp/ridgeline-scale] [--keep]
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = {"fp16": 1.0, "awq": 1.55, "gptq": 1.5, "fp8kv": 1.0}
+IDLE_W, PEAK_W = 120.0, 700.0
 LEVELS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 CHILD = """
 import json, resource, sys, time
@@ -51,10 +53,13 @@ def build(path: Path, rows: int) -> dict:
     def req_s(c: int, speed: float) -> float:  # mean request duration (160 tokens on average)
         return 0.05 + 159 * gap(c, speed)
 
+    def power(c: int, speed: float) -> float:  # busier at higher load; INT4 kernels draw a little less
+        return IDLE_W + (PEAK_W - IDLE_W) * c / (c + 24) * (0.92 if speed > 1 else 1.0)
+
     per_second = sum(c / req_s(c, sp) for sp in VARIANTS.values() for c in LEVELS)
     duration = rows / per_second  # the same measured window for every step
     steps = {v: [StepModel(c, gap(c, sp), 0.05, output_tokens=(64, 256), jitter=0.3, warmup_s=req_s(c, sp),
-                           duration_s=duration) for c in LEVELS] for v, sp in VARIANTS.items()}
+                           duration_s=duration, power_w=power(c, sp)) for c in LEVELS] for v, sp in VARIANTS.items()}
     t = time.perf_counter()
     build_run(path, RunModel(steps=steps, seed=1, metric_padding=240))
     return {"build_s": time.perf_counter() - t, "window_s": duration}

@@ -172,3 +172,27 @@ def test_short_window_uses_the_scrapes_around_it():
     rows = up_rows([0, 1, 2]) + [(t, "vllm:generation_tokens_total", lab(), 50.0 * t) for t in (0, 1, 2)]
     m = step_server_metrics(scraped(frame(rows)), 0.4, 0.6)  # no scrape inside: use 0 and 1
     assert m["server_generation_tokens_per_s"] == pytest.approx(50.0)
+
+
+def test_achieved_flops_and_bytes_are_the_counters_rates_across_a_restart():
+    # 2e14 FLOP/s and 3e12 B/s; the server restarts at t = 3 (counting again from 0), with the marker
+    times = [0, 1, 2, 3, 4, 5]
+    rows = up_rows(times) + [(3, "ridgeline:counter_reset", "{}", 1.0)]
+    for name, rate in (("vllm:estimated_flops_per_gpu_total", 2e14), ("vllm:estimated_read_bytes_per_gpu_total", 3e12)):
+        rows += [(t, name, lab(), rate * (t if t < 3 else t - 3)) for t in times]
+    m = step_server_metrics(scraped(frame(rows)), 1.0, 5.0)
+    # 1 -> 2: one second's worth; 2 -> 3: restarted, at 0 (adds 0); 3 -> 4 and 4 -> 5: one each; over 4 s
+    assert m["achieved_flops_per_s"] == pytest.approx(3 * 2e14 / 4)
+    assert m["achieved_read_bytes_per_s"] == pytest.approx(3 * 3e12 / 4)
+    assert m["counter_resets"] == 1
+
+
+def test_achieved_rates_are_per_gpu_over_engines_and_nan_when_not_exposed():
+    # two data-parallel engines, each on its own GPU, at 1e14 and 3e14 FLOP/s; engine 1 has two model names
+    times = [0, 1, 2]
+    rows = up_rows(times) + [(t, "vllm:estimated_flops_per_gpu_total", lab(engine="0"), 1e14 * t) for t in times]
+    rows += [(t, "vllm:estimated_flops_per_gpu_total", lab(engine="1", model_name=n), 1.5e14 * t)
+             for t in times for n in ("a", "b")]
+    m = step_server_metrics(scraped(frame(rows)), 0.0, 2.0)
+    assert m["achieved_flops_per_s"] == pytest.approx(2e14)  # the mean GPU, not the sum of both
+    assert np.isnan(m["achieved_read_bytes_per_s"])

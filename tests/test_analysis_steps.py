@@ -155,3 +155,31 @@ def test_window_count_equals_brute_force(reqs):
         expected.append(int(((times >= W0) & (times <= W1)).sum()))
     assert out.tokens_in_window.tolist() == expected
     assert out.slice_tokens.sum() == pytest.approx(sum(expected))
+
+
+# --- open-loop lateness -------------------------------------------------------------------------
+
+def test_lateness_is_over_the_arrivals_due_inside_the_window():
+    # (due, sent): due before the window (left out), due inside and sent on time, 30 ms, 200 ms late, and one
+    # due at 109.9 sent after the window closed (it counts: the schedule put it inside)
+    due_sent = [(99.0, 99.5), (100.0, 100.0), (102.0, 102.03), (104.0, 104.2), (109.9, 110.4)]
+    recs = [rec(sent, 0.1, [0.1], phase="measure" if W0 <= sent < W1 else "drain", e2e=0.3, out=2,
+                scheduled_time=due) for due, sent in due_sent]
+    row, _, _ = aggregate_step(records_to_table(recs), W0, W1, SLO())
+    late = np.array([0.0, 0.03, 0.2, 0.5])
+    assert row["lateness_p50_s"] == pytest.approx(np.percentile(late, 50))
+    assert row["lateness_p99_s"] == pytest.approx(np.percentile(late, 99))
+    assert row["lateness_max_s"] == pytest.approx(0.5)
+
+
+def test_closed_loop_rows_have_no_lateness():
+    row, _, _ = aggregate_step(records_to_table(hand_records()), W0, W1, SLO())
+    assert all(math.isnan(row[k]) for k in ("lateness_p50_s", "lateness_p99_s", "lateness_max_s"))
+
+
+def test_lateness_without_a_window_uses_the_measured_requests():
+    recs = [rec(10.0 + i, 0.1, [], e2e=0.2, out=1, scheduled_time=10.0 + i - 0.01 * i) for i in range(5)]
+    recs.append(rec(5.0, 0.1, [], phase="warmup", e2e=0.2, out=1, scheduled_time=1.0))  # 4 s late, warm-up
+    row, _, _ = aggregate_step(records_to_table(recs), None, None, SLO())
+    assert row["lateness_max_s"] == pytest.approx(0.04)
+    assert row["lateness_p50_s"] == pytest.approx(0.02)

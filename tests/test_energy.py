@@ -258,3 +258,101 @@ def test_real_h100_series_counter_and_power_agree():
     reasons = df[(df.metric == tm.CLOCK_REASONS) & (df.time >= b0) & (df.time <= b1)].value.astype(int)
     assert ((reasons & tm.POWER_CAP_MASK) != 0).mean() > 0.5
     assert ((reasons & tm.THROTTLE_MASK) == 0).all()
+
+
+# --- the vectorised paths -------------------------------------------------------------------------
+
+def _window_tokens_by_loop(req, t0, t1):
+    """The definition, one request at a time: every event time, counted if inside [t0, t1]."""
+    total = 0.0
+    for send, ttft, gaps, out_tok, events in zip(req.send_time, req.ttft_s, req.itl_s, req.output_tokens,
+                                                  req.token_events):
+        if not np.isfinite(ttft):
+            continue
+        times = send + ttft + np.concatenate(([0.0], np.cumsum(np.asarray(gaps, dtype=np.float32), dtype=float)))
+        w = out_tok / events if np.isfinite(out_tok) and events > 0 else 1.0
+        total += np.count_nonzero((times >= t0) & (times <= t1)) * w
+    return total
+
+
+def test_window_tokens_matches_the_per_request_definition():
+    rng = np.random.default_rng(7)
+    n = 300
+    lengths = rng.integers(0, 40, n)
+    req = pd.DataFrame({"send_time": rng.uniform(0, 20, n), "ttft_s": rng.uniform(0.01, 1.0, n),
+                        "itl_s": [list(rng.uniform(0.0, 0.5, k)) for k in lengths],
+                        "output_tokens": np.where(rng.random(n) < 0.8, 2 * (lengths + 1), np.nan),
+                        "token_events": lengths + 1})
+    req.loc[::17, "ttft_s"] = np.nan  # no first token: nothing counts
+    for t0, t1 in ((5.0, 15.0), (0.0, 40.0), (10.0, 10.5)):
+        assert en.window_tokens(req, t0, t1) == pytest.approx(_window_tokens_by_loop(req, t0, t1))
+
+
+def test_the_analysis_step_table_spares_reading_the_request_rows(tmp_path):
+    import shutil
+
+    run = _run(tmp_path, {"fp16": [(400.0, 100, ("0",), 0)], "awq": [(350.0, 120, ("0",), 0)]})
+    full = en.energy_table(run)
+    steps = full[["variant", "step"]].assign(output_tokens_per_s=full.tokens_per_s * 1.5)
+    shutil.rmtree(run.path / "requests")  # nothing left to read: the table's own counts are used
+    got = en.energy_table(run, steps)
+    assert got.output_tokens.tolist() == pytest.approx((full.output_tokens * 1.5).tolist())
+    assert got.energy_j.tolist() == pytest.approx(full.energy_j.tolist())
+    assert got.tokens_per_joule.tolist() == pytest.approx((full.tokens_per_joule * 1.5).tolist())
+
+
+def test_the_analysis_keeps_the_same_energy_table(tmp_path):
+    from analysis.pipeline import compute
+
+    run = _run(tmp_path, {"fp16": [(400.0, 100, ("0",), 0), (600.0, 200, ("0",), 0)],
+                          "awq": [(350.0, 120, ("0",), 0x4), (500.0, 232, ("0", "1"), 0)]})
+    a = compute(run.path)
+    alone = en.energy_table(run).set_index(["variant", "step"])
+    kept = a.energy.set_index(["variant", "step"]).loc[alone.index]
+    for col in ("energy_j", "output_tokens", "tokens_per_joule", "max_power_w", "gpus"):
+        assert kept[col].astype(float).tolist() == pytest.approx(alone[col].astype(float).tolist()), col
+    assert list(a.energy.variant) == ["fp16", "fp16", "awq", "awq"]  # in the run's order of variants
+    row = a.steps.set_index(["variant", "step"]).loc[("awq", 1)]
+    assert row.gpus == 2 and row.energy_j == pytest.approx(10000.0) and row.energy_label == "measured"
+    assert row.power_capped_share == 0 and not row.throttled
+
+
+def test_telemetry_labels_are_decoded_per_label_set(tmp_path):
+    import pyarrow as pa
+
+    path = tmp_path / "t.parquet"
+    lab = [tm.labels_json({"gpu": "1", "source": "dcgm"}), tm.labels_json({"gpu": "0", "source": "dcgm"}), "", "{",
+           None]
+    pa.table({"time": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "variant": ["v"] * 6, "step": [0] * 6,
+              "metric": [tm.POWER] * 5 + [tm.GAP], "labels": lab + [lab[0]],
+              "value": [1.0, 2.0, 3.0, 4.0, 5.0, 1.0]}).to_pandas().to_parquet(path)
+    df = en.read_step_telemetry(path)
+
+    def values(col):
+        return [None if pd.isna(x) else x for x in col]
+
+    assert values(df.gpu) == ["1", "0", None, None, None]
+    assert values(df.source) == ["dcgm", "dcgm", None, None, None]
+    assert df.value.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert tm.GAP not in set(df.metric)
+    assert en.read_step_telemetry(tmp_path / "absent.parquet").empty
+
+
+def test_an_unreadable_telemetry_file_is_a_warning_not_a_failure(tmp_path):
+    from analysis.pipeline import compute
+
+    run = _run(tmp_path, {"fp16": [(400.0, 100, ("0",), 0)], "awq": [(350.0, 120, ("0",), 0)]})
+    bad = tm.telemetry_path(run, "awq", 0)
+    bad.write_bytes(b"not parquet")
+    a = compute(run.path)
+    assert any(w.startswith(str(bad)) and "that step has no energy figures" in w for w in a.warnings)
+    row = a.energy.set_index("variant").loc["awq"]
+    assert row.gpus is None or np.isnan(row.gpus)
+    assert a.energy.set_index("variant").loc["fp16"].energy_j == pytest.approx(4000.0)
+
+
+@pytest.mark.parametrize("sources, label", [(["modelled"], "modelled"), (["nvml"], "measured"),
+                                            ("dcgm,nvml", "measured"), (["nvml", "modelled"], "measured and modelled"),
+                                            ([], None), (None, None)])
+def test_energy_label(sources, label):
+    assert en.energy_label(sources) == label

@@ -70,8 +70,8 @@ class ProxyTrap:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
-    steps = {v: [StepModel(c, 0.004 * (1 + c / 16) / s, 0.02, output_tokens=40, warmup_s=0.5, duration_s=3.0)
-                 for c in (1, 4, 16, 64)] for v, s in (("fp16", 1.0), ("awq", 1.5))}
+    steps = {v: [StepModel(c, 0.004 * (1 + c / 16) / s, 0.02, output_tokens=40, warmup_s=0.5, duration_s=3.0,
+                           power_w=250.0 + 4 * c) for c in (1, 4, 16, 64)] for v, s in (("fp16", 1.0), ("awq", 1.5))}
     run = build_run(root / "run", RunModel(steps=steps, plan=plan_dict(["fp16", "awq"])))
     analyze(run.path)
     render_reports(run.path)

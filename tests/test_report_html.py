@@ -30,7 +30,8 @@ class Tags(HTMLParser):
 
 def _steps(speed):
     return [StepModel(c, 0.004 * (1 + c / 16) / speed, 0.02, output_tokens=40, jitter=0.2, warmup_s=0.5,
-                      duration_s=3.0, errors=1 if c == 8 else 0, error_message=f"HTTP 500: {SCRIPT} {IMG}")
+                      duration_s=3.0, errors=1 if c == 8 else 0, error_message=f"HTTP 500: {SCRIPT} {IMG}",
+                      power_w=300.0 + 5 * c, clock_reasons=0x40 if c == 32 else 0)
             for c in (1, 8, 32)]
 
 
@@ -54,6 +55,15 @@ def hostile_run(tmp_path_factory):
     m["warnings"].append(f"a warning with {SCRIPT}")
     m["host"]["hostname"] = IMG
     m["scenario"] = {"kind": SCRIPT}
+    (run.path / "crosscheck" / "awq").mkdir(parents=True)
+    (run.path / "crosscheck" / "awq" / "c1.json").write_text(f'{{"output_throughput": 1, "note": "{IMG}"')
+    m["crosscheck"] = {
+        EVIL_VARIANT: {"argv": ["vllm", "bench", "serve", "--model", SCRIPT], "started": 1.0, "ended": 2.0,
+                       "levels": [{"concurrency": 8, "num_prompts": 32, "file": None, "status": "failed",
+                                   "error": f"{SCRIPT} {IMG}"}]},
+        "awq": {"argv": ["vllm", "bench", "serve"], "levels": [
+            {"concurrency": 1, "num_prompts": 12, "file": "crosscheck/awq/c1.json", "status": "ok", "error": None}]},
+    }
     run.write_manifest(m)
     analyze(run.path)
     written = render_reports(run.path)
@@ -91,15 +101,29 @@ def test_first_screen_has_backend_verdict_and_key_charts(hostile_run):
     html = (path / "report.html").read_text()
     assert "emulator — modelled, not measured on a GPU" in html
     order = [html.index(x) for x in ('id="verdict"', 'alt="throughput against', 'alt="speedup against',
-                                     'id="latency"', 'id="roofline"', 'id="agreement"', 'id="steps"', 'id="errors"',
-                                     'id="environment"')]
+                                     'id="latency"', 'id="roofline"', 'id="energy"', 'id="agreement"',
+                                     'id="crosscheck"', 'id="steps"', 'id="errors"', 'id="environment"')]
     assert order == sorted(order)
-    for name in ("throughput", "speedup", "latency", "goodput", "roofline", "server_series"):
+    for name in ("throughput", "speedup", "latency", "goodput", "roofline", "server_series", "energy"):
         png = path / "charts" / f"{name}.png"
         assert png.exists() and png.stat().st_size > 5000, name
     # the mismatched variant is called out, its command shown (escaped) with the environment
     assert "ran at 16-bit size: not INT4" in html
     assert "vllm.entrypoints.openai.api_server" in html
+
+
+def test_energy_and_crosscheck_sections_show_hostile_strings_as_text(hostile_run):
+    path, _ = hostile_run
+    html = (path / "report.html").read_text()
+    p = Tags()
+    p.feed(html[html.index('id="energy"'):html.index('id="steps"')])
+    text = "".join(p.text)
+    assert EVIL_VARIANT in text  # the variant name, in the energy and cross-check tables
+    assert f"vllm bench serve failed: {SCRIPT} {IMG}" in text
+    assert "crosscheck/awq/c1.json: not a vllm bench serve result" in text
+    assert "hw_thermal_slowdown" in text  # the throttled step is named
+    md = (path / "report.md").read_text()
+    assert "## Energy" in md and "## ridgeline vs vllm bench serve" in md
 
 
 def test_markdown_report_escapes_and_links_the_charts(hostile_run):

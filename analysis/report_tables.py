@@ -1,0 +1,90 @@
+"""Tables both reports show (energy, vllm bench serve cross-check), as plain strings.
+
+One place decides what a table holds and how its numbers read; report.html escapes the cells
+through jinja2 and report.md through its Markdown escaping, so neither builds its own copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from analysis import fmt
+from analysis.crosscheck import CROSSCHECK_PCT, verdict_word
+from analysis.pipeline import Analysis
+
+
+@dataclass
+class Row:
+    cells: list[str]
+    flagged: set[int] = field(default_factory=set)  # cells to highlight (a difference beyond the limit)
+    bad: bool = False  # the whole row (a throttled step, a failed level)
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[Row]
+    text: set[int] = field(default_factory=lambda: {0})  # columns of text (aligned left), by index
+
+
+def level_formatter(a: Analysis) -> Callable[[Any], str]:
+    return lambda x: fmt.level(x, a.info.mode)
+
+
+def lateness_headers(a: Analysis) -> list[str]:
+    """Open-loop lateness columns of the per-step tables (none for a closed-loop sweep)."""
+    return ["late p50", "late p99", "late max"] if a.info.mode == "rate" else []
+
+
+def lateness_cells(a: Analysis, r: Any) -> list[str]:
+    if a.info.mode != "rate":
+        return []
+    return [fmt.seconds(r.lateness_p50_s), fmt.seconds(r.lateness_p99_s), fmt.seconds(r.lateness_max_s)]
+
+
+def energy_table(a: Analysis) -> Table:
+    """Per step with telemetry: power, energy per token, tokens per joule and per GPU, throttling."""
+    lvl = level_formatter(a)
+    headers = ["variant", "step", a.info.level_name(), "power", "GPUs", "mean power", "max power", "J/token",
+               "tokens/J", "tok/s per GPU", "coverage", "throttled", "compared"]
+    rows = []
+    e = a.energy
+    for r in e[e.gpus.notna()].itertuples(index=False):
+        throttled = (r.throttle_reasons or "yes") if r.throttled else "no"
+        capped = f" (power cap {fmt.pct(r.power_capped_share)})" if fmt.is_num(r.power_capped_share) and \
+            r.power_capped_share > 0 else ""
+        rows.append(Row([r.variant, str(r.step), lvl(r.level), r.label or "–", fmt.num(r.gpus),
+                         _watts(r.mean_power_w), _watts(r.max_power_w), fmt.num(r.joules_per_token),
+                         fmt.num(r.tokens_per_joule), fmt.num(r.tokens_per_s_per_gpu), fmt.pct(r.coverage),
+                         throttled + capped, "yes" if r.comparable else "no"],
+                        bad=bool(r.throttled)))
+    return Table(headers, rows, text={0, 3, 11, 12})
+
+
+def _watts(x: Any) -> str:
+    return f"{fmt.num(x)} W" if fmt.is_num(x) else "–"
+
+
+def crosscheck_table(a: Analysis) -> Table:
+    """ridgeline's step against vllm bench serve at the same concurrency, differences in percent."""
+    headers = ["variant", "concurrency", "prompts", "verdict", "ridgeline out tok/s", "bench out tok/s", "diff",
+               "ridgeline TTFT p50", "bench TTFT p50", "diff", "ridgeline ITL p50", "bench ITL p50", "diff", "note"]
+    rows = []
+    for r in a.crosscheck.itertuples(index=False):
+        cells = [r.variant, fmt.level(r.concurrency), fmt.num(r.num_prompts), verdict_word(r),
+                 fmt.num(r.ridgeline_output_tokens_per_s), fmt.num(r.bench_output_tokens_per_s),
+                 fmt.signed_pct(r.output_tokens_diff_pct),
+                 fmt.seconds(r.ridgeline_ttft_p50_s), fmt.seconds(r.bench_ttft_p50_s), fmt.signed_pct(r.ttft_diff_pct),
+                 fmt.seconds(r.ridgeline_itl_p50_s), fmt.seconds(r.bench_itl_p50_s), fmt.signed_pct(r.itl_diff_pct),
+                 r.note or ""]
+        flagged = {i for i, key in ((6, "output_tokens"), (9, "ttft"), (12, "itl")) if getattr(r, f"{key}_flagged")}
+        rows.append(Row(cells, flagged, bad=r.status != "ok"))
+    return Table(headers, rows, text={0, 3, 13})
+
+
+def crosscheck_note() -> str:
+    return (f"The same server, right after ridgeline's sweep of the variant, measured by vllm bench serve at each "
+            f"concurrency; compared with ridgeline's step at that concurrency (first repeat). Differences are "
+            f"ridgeline against the bench, flagged beyond {CROSSCHECK_PCT:g}%. The bench counts its whole run "
+            f"(ramp and tail included) and ridgeline its measured window, so short bench runs read lower.")

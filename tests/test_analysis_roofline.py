@@ -1,0 +1,112 @@
+"""The roofline in the analysis: achieved TFLOP/s and TB/s next to the bound, and the verdict's roofline sentence."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from analysis import analyze, render_reports
+from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from deploy.catalog import get_gpu, load_model
+from deploy.roofline import bound, decode_step_cost
+
+LEVELS = (1, 2, 4, 8, 16, 32, 64)
+FLOPS_PER_TOKEN = 1.6e10  # about 2 x 8e9 parameters
+BYTES_PER_TOKEN = 2.0e9
+
+
+def speed(c: int) -> float:
+    """awq's speedup over fp16 at concurrency c: 1.55x at 1, falling through 1.2x between 16 and 32."""
+    return 1 + 0.6 / (1 + c / 10)
+
+
+def _steps(variant: str) -> list[StepModel]:
+    out = []
+    for c in LEVELS:
+        gap = 0.005 * (1 + c / 32) / (speed(c) if variant == "awq" else 1.0)
+        out.append(StepModel(c, gap, gap, output_tokens=(32, 64), warmup_s=0.5, duration_s=4.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("roofline")
+    plan = plan_dict(["fp16", "awq"], baseline="fp16")
+    servers = {v: {"variant": {"weights": v, "kv_cache_dtype": "auto"}} for v in ("fp16", "awq")}
+    r = build_run(root / "run", RunModel(steps={v: _steps(v) for v in ("fp16", "awq")}, plan=plan, servers=servers,
+                                         flops_per_token=FLOPS_PER_TOKEN, read_bytes_per_token=BYTES_PER_TOKEN))
+    s = analyze(r.path)
+    render_reports(r.path)
+    return r.path, s
+
+
+def test_achieved_rates_are_the_counters_increase_over_the_window(run):
+    _, s = run
+    h100 = get_gpu("h100-sxm")
+    roof = s.analysis.roofline.steps.set_index(["variant", "level"])
+    for v in ("fp16", "awq"):
+        for e in s.data["variants"][v]["steps"]:
+            gen = e["server_generation_tokens_per_s"]
+            assert gen > 0
+            assert e["achieved_flops_per_s"] == pytest.approx(FLOPS_PER_TOKEN * gen)
+            assert e["achieved_read_bytes_per_s"] == pytest.approx(BYTES_PER_TOKEN * gen)
+            r = roof.loc[(v, e["level"])]
+            # both run their matmuls in fp16 (INT4 weights are dequantized): shares of the datasheet peaks
+            assert r.achieved_flops_share == pytest.approx(e["achieved_flops_per_s"] / h100.flops("fp16", False))
+            assert r.achieved_bandwidth_share == pytest.approx(e["achieved_read_bytes_per_s"] / h100.bandwidth(False))
+
+
+def test_report_shows_absolute_tflops_and_tbs_beside_the_bound(run):
+    path, s = run
+    html = (path / "report.html").read_text()
+    assert "<th>achieved TFLOP/s (of peak)</th><th>achieved TB/s (of peak)</th>" in html
+    e = next(x for x in s.data["variants"]["awq"]["steps"] if x["concurrency"] == 64)
+    peak = get_gpu("h100-sxm").flops("fp16", False)
+    tflops = e["achieved_flops_per_s"] / 1e12
+    cell = f"<td>{tflops:.3g} ({e['achieved_flops_per_s'] / peak * 100:.1f}%)</td>"
+    assert cell in html
+    tbs = e["achieved_read_bytes_per_s"] / 1e12
+    assert f"<td>{tbs:.3g} ({e['achieved_read_bytes_per_s'] / get_gpu('h100-sxm').bandwidth(False) * 100:.0f}%)</td>" \
+        in html
+    assert f"{peak / 1e12:.3g} TFLOP/s (fp16: fp16, awq)" in html
+
+
+def _interp_log2(levels, values, at):
+    return float(np.interp(math.log2(at), np.log2(levels), values))
+
+
+def test_the_verdicts_roofline_sentence_explains_the_crossover(run):
+    _, s = run
+    c = s.analysis.crossings["awq"][1.2]
+    assert 16 < c.level < 32
+    v = s.verdict
+    assert "In roofline terms: awq fell below 1.2x at concurrency " + f"{c.level:.0f}, where fp16 ran batches of about" in v
+    # the batch is fp16's own server gauge at the crossing (closed loop: about the concurrency)
+    fp16 = s.data["variants"]["fp16"]["steps"]
+    batch = _interp_log2([x["level"] for x in fp16], [x["server_running_mean"] for x in fp16], c.level)
+    assert batch == pytest.approx(c.level, rel=0.1)
+    said = float(re.search(r"fp16 ran batches of about (\d+)", v).group(1))
+    assert said == round(batch)
+    # the context is the mean prompt (512) plus half the mean output (48)
+    ctx = s.data["roofline_context_tokens"]
+    assert ctx == pytest.approx(512 + 48 / 2, abs=1.5)
+    assert f"context {ctx:.0f} tokens" in v
+    # regime, weights' share and the bound's own speedup, from deploy.roofline at that batch
+    model, gpu = load_model("llama-3-8b"), get_gpu("h100-sxm")
+    base = decode_step_cost(model, "fp16", "auto", batch, ctx)
+    b16, b4 = bound(base, gpu, "fp16"), bound(decode_step_cost(model, "awq", "auto", batch, ctx), gpu, "awq")
+    assert b16.regime == "memory"
+    assert f"the step was still memory-bound with the weights {base.weight_bytes / base.total_bytes:.0%} of the bytes" in v
+    assert f"the bound alone predicts {b16.time_s / b4.time_s:.2f}x at that batch." in v
+    assert "no ridge: its KV-cache reads grow faster than its FLOPs" in v  # fp16 weights, 16-bit cache at 536
+
+
+def test_no_crossing_means_no_roofline_sentence(tmp_path):
+    steps = {v: [StepModel(c, 0.005 / sp, 0.005 / sp, output_tokens=40, warmup_s=0.5, duration_s=3.0) for c in (1, 8)]
+             for v, sp in (("fp16", 1.0), ("awq", 1.6))}
+    r = build_run(tmp_path / "run", RunModel(steps=steps, plan=plan_dict(["fp16", "awq"], baseline="fp16",
+                                                                          thresholds=[1.2])))
+    s = analyze(r.path)
+    assert s.crossover["awq"]["1.2"] is None
+    assert "In roofline terms" not in s.verdict
