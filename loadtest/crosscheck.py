@@ -85,6 +85,11 @@ def bench_args(plan: Plan, url: str, model: str, out_dir: Path) -> dict[str, Any
     ]
     if sc.ignore_eos:
         common.append("--ignore-eos")
+    extra = dict(sc.extra_body)
+    if sc.min_tokens:
+        extra["min_tokens"] = sc.output_tokens.value
+    if extra:
+        common += ["--extra-body", json.dumps(extra)]
     levels = [{"concurrency": c, "num_prompts": cc.prompts_at(i),
                "args": ["--max-concurrency", str(c), "--num-prompts", str(cc.prompts_at(i)),
                         "--result-filename", f"c{c}.json"]}

@@ -87,6 +87,8 @@ class ScenarioSpec(_Strict):
     prompt_tokens: LengthSpec = Field(default_factory=lambda: LengthSpec.fixed(512))
     output_tokens: LengthSpec = Field(default_factory=lambda: LengthSpec.fixed(256))
     ignore_eos: bool = True
+    min_tokens: bool = Field(default=False, description="also send min_tokens = max_tokens (for servers that do "
+                                                        "not honour ignore_eos; vLLM adds a logits processor for it)")
     dataset: Optional[str] = Field(default=None, description="ShareGPT JSON/JSONL or prompts JSONL")
     dataset_format: Literal["auto", "sharegpt", "prompts"] = "auto"
     tokenizer: Optional[str] = Field(default=None, description="Hugging Face tokenizer directory")

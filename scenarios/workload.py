@@ -60,6 +60,7 @@ def sampling_fields(spec: ScenarioSpec, max_tokens: int) -> dict[str, Any]:
     }
     if spec.ignore_eos:
         body["ignore_eos"] = True
+    if spec.min_tokens:
         body["min_tokens"] = int(max_tokens)
     body.update(spec.extra_body)
     return body
@@ -128,7 +129,7 @@ class _Base:
             "api": s.api,
             "prompt_tokens": s.prompt_tokens.model_dump(exclude_none=True),
             "output_tokens": s.output_tokens.model_dump(exclude_none=True),
-            "output_forced": s.ignore_eos,
+            "output_forced": [k for k, on in (("ignore_eos", s.ignore_eos), ("min_tokens", s.min_tokens)) if on],
             "turns": s.turns,
             "sampling": {"temperature": s.temperature, "top_p": s.top_p, **s.extra_body},
             "seed": s.seed,

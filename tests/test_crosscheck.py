@@ -51,6 +51,11 @@ def test_bench_arguments_follow_the_scenario(tmp_path):
     assert "--ignore-eos" in common and common[:2] == ["--backend", "vllm"]
     assert [lv["args"][1] for lv in spec["levels"]] == ["1", "8"]
     assert [lv["num_prompts"] for lv in spec["levels"]] == [6, 24]
+    assert "--extra-body" not in common
+    plan.scenario.min_tokens = True
+    plan.scenario.extra_body = {"top_k": 5}
+    common = crosscheck.bench_args(plan, "http://127.0.0.1:9", "fp16", tmp_path)["common"]
+    assert json.loads(common[common.index("--extra-body") + 1]) == {"top_k": 5, "min_tokens": 24}
 
 
 def test_a_client_that_cannot_start_fails_the_crosscheck_not_the_run(tmp_path):

@@ -172,3 +172,13 @@ def test_builtins_apply_defaults_and_the_plan_wins(tmp_path):
         if name != "sharegpt":
             build_workload(ScenarioSpec(builtin=name), "m").next_request()
     assert [x["name"] for x in listing()][-1] == "sharegpt FILE"
+
+
+def test_output_is_forced_by_ignore_eos_and_min_tokens_only_when_asked():
+    plain = build_workload(ScenarioSpec(output_tokens=32), "m").next_request().body
+    assert plain["ignore_eos"] is True and plain["max_tokens"] == 32 and "min_tokens" not in plain
+    both = build_workload(ScenarioSpec(output_tokens=32, min_tokens=True), "m")
+    assert both.next_request().body["min_tokens"] == 32
+    assert both.describe()["output_forced"] == ["ignore_eos", "min_tokens"]
+    free = build_workload(ScenarioSpec(output_tokens=32, ignore_eos=False), "m")
+    assert "ignore_eos" not in free.next_request().body and free.describe()["output_forced"] == []
