@@ -115,6 +115,23 @@ class Calibration:
 
 DEFAULT_CALIBRATION = Calibration()
 
+# Constants refitted for one GPU where a measurement on it says the H100 fit does not carry over.
+# H200 (vLLM 0.24.0, ridgeline's own sweep of Llama-3-8B, 512/256 tokens, concurrency 1 to 256:
+# docs/results/h200-llama3-8b/). The INT4 kernel did not speed up with the bandwidth: AWQ's decode
+# step took 3.91 ms against the H100's 4.08, while fp16's went from 6.45 to 4.87 ms. So the fixed
+# part of the tax is the H100's in time (1.16 ms there; the model divides it by the bandwidth ratio,
+# hence 1.66e-3 here), and AWQ and GPTQ lose their gain by concurrency 64 (1.00x fp16, against 1.16x
+# on the H100): the tax hides less and grows faster with the step's tokens. Fitted by hand on the
+# 18 INT4 points (output tok/s within 14%; benchmarks/emulator_calibration.py --gpu h200).
+GPU_CALIBRATION: dict[str, dict[str, float]] = {
+    "h200": {"int4_dq0_s": 1.66e-3, "int4_hide_exp": 1.5, "int4_dq_per_token_s": 45e-6},
+}
+
+
+def calibration_for(gpu: str, overrides: Optional[dict[str, float]] = None) -> Calibration:
+    """The calibration of one GPU: the H100 fit, that GPU's refits, then the caller's overrides."""
+    return DEFAULT_CALIBRATION.with_overrides({**GPU_CALIBRATION.get(gpu, {}), **(overrides or {})})
+
 # what the INT4 constants were fitted on: Llama-3-8B's projections on the measured H100 ceilings
 _REF_LINEAR_PARAMS = 6_979_321_856
 _REF_BW = 3.0205e12

@@ -26,7 +26,7 @@ from aiohttp import web
 from deploy.catalog import GPUSpec, ModelSpec, get_gpu, load_model
 from deploy.emulator.engine import BLOCK_SIZE, EngineConfig, EngineCore, Request
 from deploy.emulator.metrics import CONTENT_TYPE_LATEST, EmulatorMetrics
-from deploy.emulator.perf_model import Calibration, PerfModel
+from deploy.emulator.perf_model import PerfModel, calibration_for
 from deploy.emulator.runtime import AsyncEngine
 from deploy.emulator.sim import default_limits
 from deploy.emulator.streams import Stream, error_response, set_fingerprint
@@ -158,7 +158,7 @@ def build(cfg: EmulatorConfig) -> Emulator:
     max_batched = cfg.max_num_batched_tokens or max(tokens_d, 0)
     if not 0 < cfg.gpu_memory_utilization <= 1:
         raise StartupError(f"--gpu-memory-utilization {cfg.gpu_memory_utilization}: must be in (0, 1]")
-    cal = Calibration().with_overrides(cfg.calibration)
+    cal = calibration_for(gpu.name, cfg.calibration)
     weight_bytes = model.weight_bytes(cfg.weights)
     budget = gpu.memory_bytes * cfg.gpu_memory_utilization
     if weight_bytes >= budget:

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from deploy.catalog import GPUSpec, ModelSpec, get_gpu, load_model
 from deploy.emulator.engine import BLOCK_SIZE, EngineConfig, EngineCore, FrontendQueue, Request
-from deploy.emulator.perf_model import DEFAULT_CALIBRATION, Calibration, PerfModel
+from deploy.emulator.perf_model import Calibration, PerfModel, calibration_for
 from deploy.roofline import kv_capacity_tokens
 
 
@@ -56,7 +56,7 @@ def default_limits(gpu: GPUSpec) -> tuple[int, int]:
 
 
 def build_core(model: ModelSpec, gpu: GPUSpec, weights: str, kv_cache_dtype: str = "auto",
-               calibration: Calibration = DEFAULT_CALIBRATION, max_num_seqs: Optional[int] = None,
+               calibration: Optional[Calibration] = None, max_num_seqs: Optional[int] = None,
                max_num_batched_tokens: Optional[int] = None, max_model_len: int = 8192,
                gpu_memory_utilization: float = 0.9, num_gpu_blocks: Optional[int] = None,
                enable_prefix_caching: bool = True, seed: int = 0) -> EngineCore:
@@ -68,7 +68,7 @@ def build_core(model: ModelSpec, gpu: GPUSpec, weights: str, kv_cache_dtype: str
         cap = kv_capacity_tokens(model, gpu, weights, kv_cache_dtype, gpu_memory_utilization,
                                  max_num_batched_tokens=tokens, max_num_seqs=seqs)
         num_gpu_blocks = cap // 16
-    perf = PerfModel(model, gpu, weights, kv_cache_dtype, calibration)
+    perf = PerfModel(model, gpu, weights, kv_cache_dtype, calibration or calibration_for(gpu.name))
     cfg = EngineConfig(num_gpu_blocks=num_gpu_blocks, max_num_seqs=seqs, max_num_batched_tokens=tokens,
                        max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching)
     return EngineCore(cfg, perf, seed=seed)
@@ -169,7 +169,7 @@ def bench_prompts(concurrency: int) -> int:
 
 
 def run_point(weights: str, kv_cache_dtype: str, concurrency: int, gpu: str = "h100-sxm", model: str = "llama-3-8b",
-              calibration: Calibration = DEFAULT_CALIBRATION, prompt_len: int = 512, output_len: int = 256,
+              calibration: Optional[Calibration] = None, prompt_len: int = 512, output_len: int = 256,
               num_prompts: Optional[int] = None, **core_kw) -> SimResult:
     """One closed-loop benchmark step on a fresh engine."""
     core = build_core(load_model(model), get_gpu(gpu), weights, kv_cache_dtype, calibration, **core_kw)
