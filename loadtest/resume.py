@@ -9,6 +9,7 @@ rows the manifest promised are measured again, like incomplete and failed ones.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,25 @@ def prepare(run_dir: Union[str, Path], plan_path: Optional[Union[str, Path]] = N
     return state
 
 
+_STEP_WARNING = re.compile(r"^(?P<variant>.+?) step (?P<step>\d+)\b")
+
+
+def _still_true(warning: str, redo: set[tuple[str, int]]) -> bool:
+    """Whether a warning of the interrupted attempt still describes the run once the re-runs are done.
+
+    The run's own interruption, and what was said of a variant or step that runs again, are history
+    (kept in the resume's record); the rest (a kept step's saturated client, say) stays.
+    """
+    if warning.startswith(("run interrupted", "run failed")):
+        return False
+    variants = {v for v, _ in redo}
+    for v in variants:
+        if warning.startswith((f"variant {v} skipped", f"variant {v}: restart failed")):
+            return False
+    m = _STEP_WARNING.match(warning)
+    return not (m and (m.group("variant"), int(m.group("step"))) in redo)
+
+
 def merge_manifest(current: dict[str, Any], old: dict[str, Any], state: ResumeState) -> None:
     """Fold the stored manifest into the new sweep's one, in place: old steps and servers, one more resume."""
     merged = dict(old)
@@ -178,10 +198,14 @@ def merge_manifest(current: dict[str, Any], old: dict[str, Any], state: ResumeSt
     kept = [s for s in old.get("steps", []) if (s.get("variant"), s.get("step")) in state.keep]
     redo = [s for s in old.get("steps", []) if (s.get("variant"), s.get("step")) not in state.keep]
     merged["steps"] = kept + redo  # the re-run ones are replaced as they run
+    redo_steps = {(v, s) for v, s, _ in state.redo}
+    before = list(merged["warnings"])
+    merged["warnings"] = [w for w in before if _still_true(w, redo_steps)]
     merged["resumes"] = list(old.get("resumes", [])) + [{
         "at": time.time(), "kept": len(state.keep),
         "rerun": [f"{v}/{s}" for v, s, _ in state.redo],
         "plan_changes": [str(c) for c in state.changes],
+        "earlier_warnings": [w for w in before if w not in merged["warnings"]],
     }]
     if state.changes:
         merged["warnings"].append("resumed with a changed plan (--force): " + "; ".join(str(c) for c in state.changes))

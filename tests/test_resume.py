@@ -203,3 +203,23 @@ def test_plan_diff_names_nested_paths():
     b = {"x": {"y": [1, {"z": 3}], "n": 2}, "output_dir": "b"}
     assert [str(c) for c in plan_diff(a, b)] == ["x.y[1].z: 2 -> 3", "x.k: 1 -> (absent)", "x.n: (absent) -> 2"]
     assert [c.path for c in plan_diff({"l": [1, 2]}, {"l": [1]})] == ["l"]
+
+
+def test_warnings_of_what_runs_again_become_history(tmp_path):
+    from loadtest.resume import ResumeState, merge_manifest
+    from loadtest.results import RunDir
+
+    plan = parse_plan("variants: [{name: fp16}, {name: gptq}]\nsweep: {concurrency: [1, 4], duration_s: 1}\n", "p.yaml")
+    state = ResumeState(RunDir(tmp_path), plan, "p.yaml", changes=[], total=4)
+    state.keep |= {("fp16", 0), ("fp16", 1)}
+    state.redo += [("gptq", 0, "was failed"), ("gptq", 1, "was failed")]
+    old = {"steps": [], "servers": {}, "warnings": [
+        "variant gptq skipped: its server did not start",
+        "fp16 step 1: a load-generator process reached 99% of a core; its latencies may include client delay",
+        "gptq step 0: a load-generator process reached 99% of a core",
+        "fp16: vllm bench serve cross-check incomplete (levels 1): no result file written",
+        "run interrupted: SIGINT"]}
+    current: dict = {}
+    merge_manifest(current, old, state)
+    assert current["warnings"] == [old["warnings"][1], old["warnings"][3]]
+    assert current["resumes"][-1]["earlier_warnings"] == [old["warnings"][0], old["warnings"][2], old["warnings"][4]]
