@@ -41,16 +41,20 @@ def step_line(run: Path, step: dict) -> str:
     except Exception as exc:  # noqa: BLE001 - a file being written is not an error here
         return f"{head} (unreadable now: {type(exc).__name__})"
     w0, w1 = step.get("window_start"), step.get("window_end")
-    toks = 0
+    toks = 0.0
     if w0 and w1 and w1 > w0 and "ttft_s" in df and "itl_s" in df:
-        for send, ttft, gaps in zip(df["send_time"], df["ttft_s"], df["itl_s"]):
+        # an event can carry several tokens (vLLM merges them when its output falls behind): each
+        # event counts the request's tokens over its events
+        for send, ttft, gaps, n in zip(df["send_time"], df["ttft_s"], df["itl_s"], df["output_tokens"]):
             if ttft is None or ttft != ttft:
                 continue
+            events = 1 + (len(gaps) if gaps is not None else 0)
+            per = (n / events) if n == n and n else 1.0
             t = send + ttft
-            toks += w0 <= t <= w1
+            toks += per * (w0 <= t <= w1)
             for g in (gaps if gaps is not None else []):
                 t += g
-                toks += w0 <= t <= w1
+                toks += per * (w0 <= t <= w1)
     rate = toks / (w1 - w0) if w0 and w1 and w1 > w0 else float("nan")
     ok = df[df["status"] == "ok"] if "status" in df else df
     ttft = ok["ttft_s"].median() * 1e3 if "ttft_s" in ok and len(ok) else float("nan")
