@@ -40,8 +40,9 @@ def _finish(run_path: Path) -> None:
 
     analyze(run_path)
     render_reports(run_path)
-    out.print(f"results: {run_path}")
-    out.print(f"report:  {run_path / 'report.html'}")
+    # paths are printed whole, never wrapped, so they can be copied from any terminal width
+    out.print(f"results: {run_path}", soft_wrap=True, markup=False, highlight=False)
+    out.print(f"report:  {run_path / 'report.html'}", soft_wrap=True, markup=False, highlight=False)
     summary = (run_path / "summary.json")
     if summary.exists():
         import json
@@ -203,7 +204,7 @@ def report(run_dir: Path = typer.Argument(..., help="a results directory")) -> N
     if not (run_dir / "summary.json").exists():
         _analyze(run_dir)
     render_reports(run_dir)
-    out.print(f"report: {run_dir / 'report.html'}")
+    out.print(f"report: {run_dir / 'report.html'}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """The demo's plan: four variants of Llama-3-8B on an emulated H100, concurrency 1 to 256.
 
 It is a plan like any other (`ridgeline demo --print-plan > plan.yaml` is a starting point for
-one's own); only the short step windows are chosen so the whole sweep fits in about two minutes.
+one's own); only the step windows are chosen so the whole sweep fits in about three minutes.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ scenario:
 sweep:
   mode: concurrency
   concurrency: [1, 2, 4, 8, 16, 32, 64, 128, 256]
-  warmup_s: 1.0            # excluded from the figures
-  duration_s: 2.0          # measured window per step (tokens that arrive inside it count)
-  ramp_s: 0.5              # spread the users' first requests over this time
-  drain_s: 0.0             # requests still running at the window's end are cancelled and recorded
+  # up to 32 a short timed window of steady decoding; from 64 a window by count (two waves of requests,
+  # one and a half at 256) from the first request on, prefill bursts included, as vllm bench serve counts
+  warmup_s: [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0, 0, 0]      # excluded from the figures
+  duration_s: [1.5, 1.5, 1.5, 1.5, 2.5, 2.5, null, null, null]   # tokens that arrive inside it count
+  requests: [null, null, null, null, null, null, 128, 256, 384]
+  drain_s: [0, 0, 0, 0, 0, 0, 60, 60, 60]   # 0: requests running at the window's end are cancelled and recorded
 slo:
   ttft_s: 2.0
   itl_s: 0.1

@@ -124,6 +124,11 @@ class ScenarioSpec(_Strict):
 
 # --- sweep -----------------------------------------------------------------------------------
 
+def _at(value: Any, level: int) -> Any:
+    """A per-step setting at one level: the list's entry, or the one value for all."""
+    return value[level] if isinstance(value, list) else value
+
+
 class SweepSpec(_Strict):
     """Which load levels to run and how long each step lasts."""
 
@@ -133,11 +138,15 @@ class SweepSpec(_Strict):
     arrival: Literal["constant", "poisson", "gamma"] = "poisson"
     burstiness: float = Field(default=1.0, gt=0, description="gamma shape; <1 is burstier")
     max_concurrency: Optional[int] = Field(default=None, ge=1, description="cap for open loop")
-    warmup_s: float = Field(default=2.0, ge=0)
-    duration_s: Optional[float] = Field(default=10.0, gt=0, description="measured window length")
-    requests: Optional[Union[int, list[int]]] = Field(
-        default=None, description="measured window by count: one for every step, or one per level")
-    drain_s: float = Field(default=60.0, ge=0, description="time to let in-flight requests finish")
+    warmup_s: Union[float, list[float]] = Field(default=2.0, description="excluded from the figures: one for "
+                                                                          "every step, or one per level")
+    duration_s: Optional[Union[float, list[Optional[float]]]] = Field(
+        default=10.0, description="measured window length: one for every step, or one per level")
+    requests: Optional[Union[int, list[Optional[int]]]] = Field(
+        default=None, description="measured window by count: one for every step, or one per level (null: that "
+                                  "level's window is duration_s)")
+    drain_s: Union[float, list[float]] = Field(default=60.0, description="time to let in-flight requests finish: "
+                                                                          "one for every step, or one per level")
     ramp_s: float = Field(default=0.0, ge=0, description="spread user starts over this time")
     repeats: int = Field(default=1, ge=1)
 
@@ -159,12 +168,25 @@ class SweepSpec(_Strict):
 
     @field_validator("requests")
     @classmethod
-    def _counts(cls, v: Optional[Union[int, list[int]]]) -> Optional[Union[int, list[int]]]:
-        counts = v if isinstance(v, list) else ([] if v is None else [v])
+    def _counts(cls, v: Any) -> Any:
         if isinstance(v, list) and not v:
             raise ValueError("an empty list of request counts; give one count per level, or one for all")
-        if any(n < 1 for n in counts):
+        if any(n is not None and n < 1 for n in (v if isinstance(v, list) else [v])):
             raise ValueError("every request count must be at least 1")
+        return v
+
+    @field_validator("warmup_s", "duration_s", "drain_s")
+    @classmethod
+    def _times(cls, v: Any, info: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list; give one value per level, or one for all")
+        for x in (v if isinstance(v, list) else [v]):
+            if x is None:
+                continue
+            if info.field_name in ("warmup_s", "drain_s") and x < 0:
+                raise ValueError(f"{info.field_name} cannot be negative")
+            if info.field_name == "duration_s" and x <= 0:
+                raise ValueError("a measured window must be longer than 0 s")
         return v
 
     @model_validator(mode="after")
@@ -173,18 +195,29 @@ class SweepSpec(_Strict):
             raise ValueError("concurrency sweep has no steps")
         if self.mode == "rate" and not self.rates:
             raise ValueError("rate sweep needs 'rates'")
-        if self.duration_s is None and self.requests is None:
-            raise ValueError("give duration_s or requests for the measured window")
-        if isinstance(self.requests, list) and len(self.requests) != len(self.levels()):
-            raise ValueError(f"requests has {len(self.requests)} counts for {len(self.levels())} levels; "
-                             "give one count per level, or a single count for all")
+        n = len(self.levels())
+        for key in ("warmup_s", "duration_s", "requests", "drain_s"):
+            v = getattr(self, key)
+            if isinstance(v, list) and len(v) != n:
+                raise ValueError(f"{key} has {len(v)} values for {n} levels; give one per level, or one for all")
+        missing = [i for i in range(n) if self.requests_at(i) is None and self.duration_at(i) is None]
+        if missing:
+            raise ValueError("give duration_s or requests for the measured window"
+                             + (f" (missing at levels {', '.join(str(i + 1) for i in missing)})" if n > 1 else ""))
         return self
 
     def requests_at(self, level: int) -> Optional[int]:
         """The measured window's request count at the level with this position (None: a timed window)."""
-        if isinstance(self.requests, list):
-            return self.requests[level]
-        return self.requests
+        return _at(self.requests, level)
+
+    def duration_at(self, level: int) -> Optional[float]:
+        return _at(self.duration_s, level)
+
+    def warmup_at(self, level: int) -> float:
+        return float(_at(self.warmup_s, level) or 0.0)
+
+    def drain_at(self, level: int) -> float:
+        return float(_at(self.drain_s, level) or 0.0)
 
     def levels(self) -> list[float]:
         return [float(c) for c in self.concurrency] if self.mode == "concurrency" else list(self.rates)

@@ -369,10 +369,10 @@ class Sweep:
         scraper = Scraper(cmd.url + "/metrics", cmd.variant, headers=self.headers,
                           timeout=self.plan.scrape.timeout_s, interval=self.plan.scrape.interval_s)
         scraper.new_step(lv.index)
-        window_start = t_start + sw.warmup_s
+        window_start = t_start + sw.warmup_at(lv.level)
         count = sw.requests_at(lv.level)
         by_count = count is not None
-        window_end = None if by_count else window_start + sw.duration_s
+        window_end = None if by_count else window_start + sw.duration_at(lv.level)
         p.step, p.level = lv.index + 1, (f"c={lv.concurrency}" if lv.concurrency else f"{lv.rate:g} req/s")
         p.sent = p.done = p.errors = p.tokens = 0
         died: Optional[str] = None
@@ -409,7 +409,7 @@ class Sweep:
                     driver.stop_accepting()
                 if not driver.accepting():
                     if drain_deadline is None:
-                        drain_deadline = now + sw.drain_s
+                        drain_deadline = now + sw.drain_at(lv.level)
                     if driver.in_flight() == 0 or now >= drain_deadline:
                         break
                 gevent.sleep(0.05)

@@ -68,10 +68,28 @@ def test_request_counts_one_per_level():
     assert parse_plan(GOOD, "good.yaml").sweep.requests_at(0) is None
 
 
-@pytest.mark.parametrize("counts, why", [("[12]", "1 counts for 2 levels"), ("[12, 0]", "at least 1"),
+@pytest.mark.parametrize("counts, why", [("[12]", "1 values for 2 levels"), ("[12, 0]", "at least 1"),
                                          ("[]", "empty list")])
 def test_request_counts_that_do_not_fit_the_levels(counts, why):
     text = GOOD.replace("  duration_s: 2\n", f"  requests: {counts}\n")
     with pytest.raises(PlanError) as ei:
         parse_plan(text, "c.yaml")
+    assert "sweep" in str(ei.value) and why in str(ei.value), str(ei.value)
+
+
+def test_windows_per_level_mix_time_and_count():
+    text = GOOD.replace("  duration_s: 2\n", "  warmup_s: [0.5, 0]\n  duration_s: [2, null]\n  requests: [null, 40]\n")
+    sw = parse_plan(text, "good.yaml").sweep
+    assert [(sw.warmup_at(i), sw.duration_at(i), sw.requests_at(i)) for i in range(2)] == [(0.5, 2, None), (0.0, None, 40)]
+
+
+@pytest.mark.parametrize("sweep, why", [
+    ("  duration_s: [2, null]\n", "missing at levels 2"),
+    ("  duration_s: [2, 3, 4]\n", "duration_s has 3 values for 2 levels"),
+    ("  duration_s: 2\n  warmup_s: [1, -1]\n", "warmup_s cannot be negative"),
+    ("  duration_s: [2, 0]\n", "longer than 0 s"),
+])
+def test_per_level_windows_that_do_not_fit(sweep, why):
+    with pytest.raises(PlanError) as ei:
+        parse_plan(GOOD.replace("  duration_s: 2\n", sweep), "w.yaml")
     assert "sweep" in str(ei.value) and why in str(ei.value), str(ei.value)
