@@ -250,3 +250,23 @@ def test_startup_failures_are_reported(tmp_path):
                                          "--model", "llama-3-70b"], port=port, startup_timeout_s=20)
     with pytest.raises(launcher.LaunchError, match="out of memory"):
         launcher.start(cmd, tmp_path / "big.log")
+
+
+def test_every_stream_gets_all_its_tokens_when_the_api_server_lags(shared):
+    # 64 short requests at once: the modelled API server falls behind the engine, which finishes
+    # requests before their earlier tokens are delivered; each stream must still carry all 16
+    import concurrent.futures
+
+    body = {"model": "m", "prompt": "alpha beta gamma delta " * 8, "max_tokens": 16, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+
+    def one(i):
+        _, _, text = _post(shared.url + "/v1/completions", dict(body, prompt=f"{i} " + body["prompt"]))
+        evs = _events(text)
+        tokens = [e for e in evs if isinstance(e, dict) and e.get("choices")]
+        usage = [e["usage"] for e in evs if isinstance(e, dict) and e.get("usage")]
+        return len(tokens), usage[0]["completion_tokens"], tokens[-1]["choices"][0]["finish_reason"]
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(one, range(64)))
+    assert all(r == (16, 16, "length") for r in results), [r for r in results if r != (16, 16, "length")]

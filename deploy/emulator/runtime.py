@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -53,6 +54,7 @@ class AsyncEngine:
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._pending: deque[tuple[float, StepOutput]] = deque()  # steps' tokens waiting for the API server
 
     # --- lifecycle
     def start(self) -> None:
@@ -164,17 +166,30 @@ class AsyncEngine:
             self.metrics.on_step(step, out, t_start, t_end, core.num_preemptions - pre_preempt,
                                  core.prefix_queries_total - pre_q, core.prefix_hits_total - pre_h)
             self._publish_state()
-            t_dlv = self.frontend.deliver_time(t_end, len(out.tokens))
-            if t_dlv - self.now() > 5e-4:
-                self._loop.call_at(t_dlv, self._emit, out, t_dlv)
-            else:
-                self._emit(out, t_dlv)
+            self._deliver(out, self.frontend.deliver_time(t_end, len(out.tokens)))
             prev_end = t_end
+
+    def _deliver(self, out: StepOutput, t: float) -> None:
+        """Queue a step's tokens for their delivery time; deliveries go out in step order, always."""
+        self._pending.append((t, out))
+        if len(self._pending) == 1:
+            self._drain()
+
+    def _drain(self) -> None:
+        pending = self._pending
+        while pending and pending[0][0] - self.now() <= 5e-4:
+            t, out = pending.popleft()
+            self._emit(out, t)
+        if pending:
+            self._loop.call_at(pending[0][0], self._drain)
 
     def _emit(self, out: StepOutput, t: float) -> None:
         """Hand each new token to its stream (the hot path: one bisect and one write per token)."""
         m = self.metrics
         ttft, itl = m.ttft.observe, m.itl.observe
+        # a request ends with the step that finished it, not with whichever delivery runs after the engine
+        # (ahead of a busy API server) has finished it: reading its status now would cut its stream short
+        done = {id(r) for r in out.finished} if out.finished else ()
         for req in out.tokens:
             sink = req.sink
             if sink is None:
@@ -185,6 +200,6 @@ class AsyncEngine:
             else:
                 itl(t - last)
             sink._last_t = t
-            sink.emit(req.finish_reason if req.status == "finished" else None)
+            sink.emit(req.finish_reason if id(req) in done else None)
         if out.finished:
             m.on_finished(out.finished, t)
