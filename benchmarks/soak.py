@@ -3,7 +3,10 @@
 The sweep runs in this process, exactly as `ridgeline run` runs it, against the fault server
 (deploy/fault_server.py, started through ridgeline's launcher), which fails a given fraction of
 requests in assorted ways (HTTP 500 and 429, dropped sockets, error events, truncated and
-malformed events). It checks, per step and in all:
+malformed events). With `--upstream emulator` the fault server stands in front of the emulator
+(modelled H100, Llama-3-8B): the requests that draw no fault are batched, queued and streamed by it,
+so the soak exercises continuous batching at 512 streams (256 running, the rest waiting). It
+checks, per step and in all:
 
 - every request sent is recorded once: manifest sent == recorded == rows in the step's Parquet
   file, and the total equals what the server says it received;
@@ -12,6 +15,7 @@ malformed events). It checks, per step and in all:
   requests: its level after each step at the top concurrency stays within a bound of the first.
 
     python benchmarks/soak.py                     # the published soak (docs/robustness.md)
+    python benchmarks/soak.py --upstream emulator # the same through the emulator
     python benchmarks/soak.py --levels 1 64 256 --duration 4 --repeats 1 --min-requests 2000
 
 It writes soak.json (figures and the memory series) into the run directory and prints a table.
@@ -62,6 +66,7 @@ class SoakConfig:
     min_requests: int = 20000
     rss_growth_mb: float = 48.0  # allowed growth of the post-step RSS at the top level, first to last
     out: str = str(ROOT / "results")
+    upstream: Optional[str] = None  # "emulator": the fault server passes the rest of the requests to it
 
 
 class RssSampler:
@@ -113,13 +118,28 @@ def _plan(cfg: SoakConfig, port: int):
     return parse_plan(yaml.safe_dump(d), "soak plan")
 
 
+def _emulator(log_dir: Path) -> launcher.Server:
+    """The emulator the fault server forwards to (served name "fault", as the plan's requests say)."""
+    port = launcher.free_port()
+    cmd = launcher.ServerCommand("emulator", [sys.executable, "-m", "deploy.emulator", "--port", str(port),
+                                              "--served-model-name", "fault", "--log-level", "warning"],
+                                 port=port, startup_timeout_s=60, cwd=str(ROOT))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return launcher.start(cmd, log_dir / "emulator.log")
+
+
 def soak(cfg: SoakConfig, quiet: bool = False) -> dict[str, Any]:
     """Run the soak; returns the figures (and writes them to <run>/soak.json)."""
+    if cfg.upstream not in (None, "emulator"):
+        raise SystemExit(f"--upstream {cfg.upstream!r}: only 'emulator' is known")
     port = launcher.free_port()
-    cmd = fault_server.command(port, events=cfg.events, ttft_ms=cfg.ttft_ms, gap_ms=cfg.gap_ms,
-                               error_rate=cfg.error_rate, extra=["--seed", str(cfg.seed)], variant="fault")
     plan = _plan(cfg, port)
     run = new_run_dir(plan)
+    upstream = _emulator(run.path / "logs") if cfg.upstream == "emulator" else None
+    extra = ["--seed", str(cfg.seed)] + (["--upstream", upstream.command.url] if upstream else [])
+    # through the emulator a request streams as many events as it asks tokens (max_tokens), at the model's pace
+    cmd = fault_server.command(port, events=cfg.events, ttft_ms=cfg.ttft_ms, gap_ms=cfg.gap_ms,
+                               error_rate=cfg.error_rate, extra=extra, variant="fault")
     after_step: list[dict[str, Any]] = []
     state: dict[str, Any] = {"sampler": None, "seen": 0}
 
@@ -148,6 +168,8 @@ def soak(cfg: SoakConfig, quiet: bool = False) -> dict[str, Any]:
         sweep.execute()
     finally:
         sweep.stop_all()
+        if upstream is not None:
+            launcher.stop(upstream)
         if state["sampler"] is not None:
             state["sampler"].stop()
     wall = time.time() - t0
@@ -223,9 +245,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--min-requests", type=int, default=d.min_requests)
     ap.add_argument("--rss-growth-mb", type=float, default=d.rss_growth_mb)
     ap.add_argument("--out", default=d.out, help="results directory root")
+    ap.add_argument("--upstream", choices=["emulator"], default=None,
+                    help="put the fault server in front of the emulator instead of streaming by itself")
     a = ap.parse_args(argv)
     cfg = SoakConfig(levels=a.levels, repeats=a.repeats, duration_s=a.duration, events=a.events, gap_ms=a.gap_ms,
-                     error_rate=a.error_rate, min_requests=a.min_requests, rss_growth_mb=a.rss_growth_mb, out=a.out)
+                     error_rate=a.error_rate, min_requests=a.min_requests, rss_growth_mb=a.rss_growth_mb, out=a.out,
+                     upstream=a.upstream)
     r = soak(cfg)
     print(json.dumps({k: v for k, v in r.items() if k not in ("rss_series", "after_step", "config")}, indent=1))
     return 0 if r["ok"] else 1

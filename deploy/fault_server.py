@@ -32,6 +32,11 @@ Faults (`name` or `name=arg`):
 
 It accepts and ignores vLLM's command-line flags, so the launcher can start it where vLLM would be.
 `GET /admin/stats` says how many requests arrived and which faults they got.
+
+With `--upstream URL` it stands in front of a real server (the emulator, vLLM): a request that draws
+no fault is passed to the upstream and its answer streamed back byte for byte, `/v1/models` and
+`/metrics` are the upstream's (with this server's counters appended), and only the faults are made
+here. So a soak can run against the emulator's batching with a known share of failures.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Optional
 
+import aiohttp
 from aiohttp import web
 
 FAULTS = ("ok", "die_after", "close_after_headers", "hang", "stall_after", "drip", "status", "malformed",
@@ -112,7 +118,10 @@ class FaultServer:
 
     def __init__(self, events: int = 16, ttft_s: float = 0.0, gap_s: float = 0.0, model: str = "fault",
                  error_rate: float = 0.0, error_faults: str = DEFAULT_ERROR_FAULTS, seed: int = 0,
-                 api_key: Optional[str] = None, log_every: int = 0, error_message: Optional[str] = None):
+                 api_key: Optional[str] = None, log_every: int = 0, error_message: Optional[str] = None,
+                 upstream: Optional[str] = None):
+        self.upstream = upstream.rstrip("/") if upstream else None
+        self._session: Optional[aiohttp.ClientSession] = None
         self.events = events
         self.ttft_s = ttft_s
         self.gap_s = gap_s
@@ -137,16 +146,57 @@ class FaultServer:
         app.router.add_post("/admin/fault", self.admin_set)
         app.router.add_delete("/admin/fault", self.admin_clear)
         app.router.add_get("/admin/stats", self.admin_stats)
+        if self.upstream:
+            app.on_cleanup.append(self._close_session)
         return app
 
+    # ------------------------------------------------------------------ upstream
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # no pool limit: every stream the client opens gets its own upstream connection
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        return self._session
+
+    async def _close_session(self, app: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _forward(self, request: web.Request, body: Optional[dict] = None) -> web.StreamResponse:
+        """The upstream's answer to the same request, streamed back as it arrives."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+        method = "POST" if body is not None else "GET"
+        try:
+            async with self._client().request(method, self.upstream + request.path_qs, json=body,
+                                              headers=headers) as up:
+                resp = web.StreamResponse(status=up.status, headers={
+                    k: v for k, v in up.headers.items() if k.lower() in ("content-type", "cache-control")})
+                await resp.prepare(request)
+                async for chunk in up.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+                return resp
+        except aiohttp.ClientError as exc:
+            return web.json_response({"error": {"message": f"upstream {self.upstream}: {exc}",
+                                                "type": "BadGateway"}}, status=502)
+
     # ------------------------------------------------------------------ admin
-    async def models(self, request: web.Request) -> web.Response:
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        if self.upstream:
+            return await self._forward(request)
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     async def metrics(self, request: web.Request) -> web.Response:
         lines = [f"fault_requests_total {self.requests}"]
         lines += [f'fault_injected_total{{fault="{k}"}} {v}' for k, v in sorted(self.faults.items())]
-        return web.Response(text="\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        if self.upstream:
+            try:
+                async with self._client().get(self.upstream + "/metrics") as up:
+                    text = (await up.text()) + text
+            except aiohttp.ClientError as exc:
+                return web.Response(status=502, text=f"upstream {self.upstream}: {exc}\n")
+        return web.Response(text=text)
 
     async def admin_set(self, request: web.Request) -> web.Response:
         try:
@@ -192,6 +242,8 @@ class FaultServer:
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": {"message": "invalid API key", "type": "AuthenticationError"}},
                                      status=401)
+        if fault.name == "ok" and self.upstream:
+            return await self._forward(request, {k: v for k, v in body.items() if k != "fault"})
         return await self._answer(request, body, fault)
 
     async def _answer(self, request: web.Request, body: dict, fault: Fault) -> web.StreamResponse:
@@ -319,6 +371,8 @@ def parser() -> argparse.ArgumentParser:
                     help="answer 401 unless the Authorization header carries the key in this variable")
     ap.add_argument("--log-every", type=int, default=0, help="also log every Nth normal request")
     ap.add_argument("--error-message", default=None, help="text of injected errors (500, 429, error_event)")
+    ap.add_argument("--upstream", default=None,
+                    help="pass requests that draw no fault to this server (e.g. http://127.0.0.1:8000)")
     return ap
 
 
@@ -332,8 +386,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         if not key:
             sys.exit(f"--require-key-env {a.require_key_env}: that variable is not set")
     srv = FaultServer(a.events, a.ttft_ms / 1000, a.gap_ms / 1000, a.model, a.error_rate, a.error_faults, a.seed,
-                      key, a.log_every, a.error_message)
+                      key, a.log_every, a.error_message, a.upstream)
     _log(f"listening on {a.host}:{a.port}, {a.events} events per request, error rate {a.error_rate:g}"
+         + (f", passing the rest to {a.upstream}" if a.upstream else "")
          + (f"; ignoring {len(ignored)} unknown arguments" if ignored else ""))
     web.run_app(srv.app(), host=a.host, port=a.port, print=None, access_log=None)
 

@@ -219,3 +219,38 @@ def test_connect_timeout(tmp_path):
     assert (df.error_kind == "connect").all()
     assert df.error.str.contains("timed out").all()
     assert df.e2e_s.between(0.25, 2.0).all()
+
+
+def test_in_front_of_the_emulator_only_the_faults_are_made_here(tmp_path):
+    """--upstream: requests that draw no fault are the emulator's own streams; the books still close."""
+    import sys
+
+    port_e, port_f = launcher.free_port(), launcher.free_port()
+    emu_cmd = launcher.ServerCommand("emu", [sys.executable, "-m", "deploy.emulator", "--port", str(port_e),
+                                             "--served-model-name", "a", "--log-level", "warning"],
+                                     port=port_e, startup_timeout_s=60)
+    started = []
+    try:
+        emu = launcher.start(emu_cmd, tmp_path / "emu.log")
+        started.append(emu)
+        srv = launcher.start(fault_server.command(port_f, error_rate=0.15,
+                                                  extra=["--seed", "3", "--upstream", emu.url,
+                                                         "--served-model-name", "a"]), tmp_path / "fault.log")
+        started.append(srv)
+        run = _sweep(_plan(srv.url, tmp_path, conc=(4,), n=60), port_f)
+        df = _check_books(run, server_saw=_served(srv))
+        injected = sum(v for k, v in _admin(srv, "GET", "/admin/stats")["faults"].items() if k != "ok")
+        assert injected == int((df.status == "error").sum()) > 0
+        ok = df[df.status == "ok"]
+        assert len(ok) > 30 and (ok.token_events == 8).all() and (ok.output_tokens == 8).all()
+        # the emulator's own answers: its prompt count (not the fault server's constant 1) and its metrics
+        assert (ok.prompt_tokens > 1).all()
+        with urllib.request.urlopen(srv.url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert "vllm:num_requests_running" in text and "fault_requests_total" in text
+        with urllib.request.urlopen(srv.url + "/v1/models", timeout=5) as r:
+            assert [m["id"] for m in json.loads(r.read())["data"]] == ["a"]
+    finally:
+        for s in reversed(started):
+            launcher.stop(s)
+            assert not s.alive()
