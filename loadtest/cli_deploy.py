@@ -383,6 +383,11 @@ def render(
     plan = plan_or_exit(plan_file)
     where = out_dir or Path(DEFAULT_RENDER_DIR[target])
     files = _render(plan, where, target)
+    if target is RenderTarget.kubernetes:
+        from deploy.render.kubernetes import model_warnings
+
+        for w in model_warnings(plan):
+            err.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
     for f in files:
         out.print(str(f), highlight=False, markup=False, soft_wrap=True)
     d = shlex.quote(str(where))

@@ -117,6 +117,17 @@ def test_render_kubernetes_writes_the_manifests(plan_8b, tmp_path):
     assert all(str(p) in r.output for p in written)
     assert f"wrote {len(written)} files" in r.output and "kubectl apply -k" in r.output
     assert not any(KEY in p.read_text() for p in written)
+    assert "catalogue" not in r.output  # every variant names a real checkpoint
+
+
+def test_render_kubernetes_warns_of_catalogue_model_names(tmp_path):
+    plan = tmp_path / "demo.yaml"
+    plan.write_text(invoke("demo", "--print-plan").output)
+    r = subprocess.run([sys.executable, "-m", "loadtest.cli", "deploy", "render", str(plan), "--target", "kubernetes",
+                        "--out", str(tmp_path / "k8s")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if "name from ridgeline's catalogue" in ln]
+    assert len(warned) == 4 and "variant fp16: model 'llama-3-8b'" in warned[0]
 
 
 @pytest.mark.parametrize("target", ["monitoring", "kubernetes"])

@@ -51,6 +51,19 @@ class RenderError(ValueError):
 
 # --- names --------------------------------------------------------------------------------------
 
+def model_warnings(plan: Any) -> list[str]:
+    """Variants whose model is a catalogue name: a vLLM pod cannot load it (it needs a hub id or a path)."""
+    from deploy.catalog import MODEL_ALIASES, MODELS
+
+    out = []
+    for v in plan.variants:
+        m = str(v.model or plan.model)
+        if MODEL_ALIASES.get(m.lower(), m.lower()) in MODELS and not Path(m).exists():
+            out.append(f"variant {v.name}: model {m!r} is a name from ridgeline's catalogue, not a checkpoint; the "
+                       f"pod's vLLM needs a Hugging Face id or a path in the model cache (variants[].model)")
+    return out
+
+
 def k8s_name(name: str, limit: int = 40) -> str:
     """A DNS label from a variant or run name: lower case, '-' for anything else, a hash if changed.
 
