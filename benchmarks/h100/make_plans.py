@@ -54,12 +54,12 @@ PLANS: dict[str, tuple[str, list[str], str, str]] = {
     "plan-fp16.yaml": ("h100-fp16", ["fp16"], "fp16", "h100-sxm"),
     "plan-int4.yaml": ("h100-int4", ["awq", "gptq"], "awq", "h100-sxm"),
     "plan-fp8kv.yaml": ("h100-fp8kv", ["fp8kv", "awq-fp8kv", "bf16"], "bf16", "h100-sxm"),
-    # the lent H200: the four variants of the issue in one run, with vllm bench serve beside two of them
+    # the lent H200: the four variants of the issue in one run, with vllm bench serve beside each
     "plan-h200.yaml": ("h200-llama3-8b", ["fp16", "awq", "gptq", "fp8kv"], "fp16", "h200"),
 }
 # plans that also run vllm bench serve against the same server (variants, concurrency, prompts)
 CROSSCHECK: dict[str, tuple[list[str], list[int]]] = {
-    "plan-h200.yaml": (["fp16", "awq"], [1, 16, 256]),
+    "plan-h200.yaml": (["fp16", "awq", "gptq", "fp8kv"], [1, 16, 256]),
 }
 
 SERVER_ARGS = ["--load-format", "dummy", "--max-model-len", "4096", "--gpu-memory-utilization", "0.90",
