@@ -179,7 +179,9 @@ def _still_true(warning: str, redo: set[tuple[str, int]]) -> bool:
         return False
     variants = {v for v, _ in redo}
     for v in variants:
-        if warning.startswith((f"variant {v} skipped", f"variant {v}: restart failed")):
+        # a variant that runs again is cross-checked again
+        if warning.startswith((f"variant {v} skipped", f"variant {v}: restart failed",
+                               f"{v}: vllm bench serve cross-check")):
             return False
     m = _STEP_WARNING.match(warning)
     return not (m and (m.group("variant"), int(m.group("step"))) in redo)

@@ -224,3 +224,11 @@ def test_warnings_of_what_runs_again_become_history(tmp_path):
     merge_manifest(current, old, state)
     assert current["warnings"] == [old["warnings"][1], old["warnings"][3]]
     assert current["resumes"][-1]["earlier_warnings"] == [old["warnings"][0], old["warnings"][2], old["warnings"][4]]
+
+
+def test_a_variant_run_again_is_cross_checked_again(tmp_path):
+    from loadtest.resume import _still_true
+
+    stale = "gptq: vllm bench serve cross-check incomplete (levels 1): cannot start python3"
+    assert not _still_true(stale, {("gptq", 0)})
+    assert _still_true(stale, {("fp16", 0)})  # gptq's steps are kept, and so is what was said of its check
