@@ -360,7 +360,8 @@ def _fast_text_len(data: bytes) -> int:
         return -1  # escapes: let the JSON parser count the characters
     if _SLOW.search(data) is not None:
         return -1
-    return j - i
+    text = data[i:j]
+    return j - i if text.isascii() else len(text.decode("utf-8", "replace"))  # characters, as the slow path counts
 
 
 def _is_token_event(choice: dict[str, Any]) -> bool:

@@ -46,13 +46,13 @@ def replay(tmp_path):
         assert not srv.alive()
 
 
-def _stream(url: str) -> StreamResult:
+def _stream(url: str, collect_text: bool = False) -> StreamResult:
     t = Timeouts(connect_s=5, first_token_s=10, total_s=20)
     client = make_client(url, t)
     try:
         body = {"model": "tiny", "prompt": "the quick brown fox", "max_tokens": 8, "stream": True,
                 "stream_options": {"include_usage": True}}
-        return stream_request(client, "/v1/completions", body, t)
+        return stream_request(client, "/v1/completions", body, t, collect_text=collect_text)
     finally:
         client.close()
 
@@ -70,3 +70,14 @@ def test_ttft_is_the_first_token_event_even_when_its_text_is_empty(replay):
     assert first_text_s >= PAUSE_S  # the server held the second event back that long
     assert res.ttft_s < PAUSE_S / 2, res.ttft_s  # the clock stopped at the empty event, before the pause
     assert len(res.itl_s) == 7
+
+
+def test_text_is_counted_in_characters_on_the_fast_and_the_parsing_path(replay):
+    texts = _token_texts(CAPTURE.read_text(encoding="utf-8"))
+    chars = sum(len(t) for t in texts)
+    assert chars < sum(len(t.encode("utf-8")) for t in texts)  # the capture holds non-ASCII text
+    fast = _stream(replay.url)  # unescaped token events take the path that does not parse them
+    parsed = _stream(replay.url, collect_text=True)  # keeping the text parses every event
+    assert fast.ok and parsed.ok
+    assert "".join(parsed.text) == "".join(texts)
+    assert fast.text_chars == parsed.text_chars == chars
