@@ -25,9 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.gaps import Gaps
 from analysis.server_metrics import dictionary
-from analysis.steps import column
+from analysis.steps import column, window_output_tokens
 from loadtest import telemetry as tm
 from loadtest.results import ResultsError, RunDir, atomic_write_table, atomic_write_text
 
@@ -190,33 +189,6 @@ def gpu_energy(samples: pd.DataFrame, t0: float, t1: float) -> Energy:
     return Energy(math.nan, 0.0, "none")
 
 
-# --- tokens in a window -------------------------------------------------------------------------
-
-def window_tokens(requests: Union[pd.DataFrame, pa.Table], t0: float, t1: float) -> float:
-    """Output tokens that arrived in [t0, t1], from each request's token-event times.
-
-    A streamed event can carry several tokens: each event counts output_tokens / token_events
-    of its request when both are known, else one. Vectorised over the flattened gaps (no loop per
-    request): the running sum of the gaps gives each request's events before a time in one search.
-    """
-    table = requests if isinstance(requests, pa.Table) else pa.Table.from_pandas(
-        requests[[c for c in _TOKEN_COLUMNS if c in requests.columns]], preserve_index=False)
-    n = table.num_rows
-    if n == 0:
-        return 0.0
-    send, ttft = column(table, "send_time"), column(table, "ttft_s")
-    out_tok, events = column(table, "output_tokens"), column(table, "token_events")
-    has_first = np.isfinite(send) & np.isfinite(ttft)
-    t_first = np.where(has_first, send + np.where(has_first, ttft, 0.0), np.nan)
-    g = Gaps.of(table, n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        weight = np.where(np.isfinite(out_tok) & (events > 0), out_tok / events, 1.0)
-    idx = np.flatnonzero(has_first)
-    first_in = (t_first[idx] >= t0) & (t_first[idx] <= t1)
-    later = g.before(idx, t_first, np.full(idx.size, t1), True) - g.before(idx, t_first, np.full(idx.size, t0), False)
-    return float(np.sum((first_in + later) * weight[idx]))
-
-
 # --- the per-step table -------------------------------------------------------------------------
 
 def read_step_telemetry(path: Optional[Path]) -> pd.DataFrame:
@@ -318,7 +290,7 @@ def step_energy(step: dict, tel: pd.DataFrame, req: Optional[Union[pd.DataFrame,
     if tokens_per_s is not None and math.isfinite(tokens_per_s):
         tokens = tokens_per_s * window
     else:
-        tokens = window_tokens(req, t0, t1) if req is not None else 0.0
+        tokens = window_output_tokens(_table(req), t0, t1) if req is not None else 0.0
     row.update(window_s=window, output_tokens=tokens, gpus=len(gpus) or None,
                source=",".join(sources) or None, label=energy_label(sources), tokens_per_s=tokens / window)
     if gpus:
@@ -383,7 +355,13 @@ def typed_step_columns(steps: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-_TOKEN_COLUMNS = ["send_time", "ttft_s", "itl_s", "output_tokens", "token_events"]
+_TOKEN_COLUMNS = ["send_time", "ttft_s", "itl_s", "output_tokens", "token_events", "status"]
+
+
+def _table(requests: Union[pd.DataFrame, pa.Table]) -> pa.Table:
+    if isinstance(requests, pa.Table):
+        return requests
+    return pa.Table.from_pandas(requests[[c for c in _TOKEN_COLUMNS if c in requests.columns]], preserve_index=False)
 
 
 def energy_table(run_dir: Union[str, Path, RunDir], steps: Optional[pd.DataFrame] = None) -> pd.DataFrame:

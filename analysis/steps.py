@@ -141,6 +141,42 @@ def window_from_records(table: pa.Table) -> tuple[Optional[float], Optional[floa
     return float(np.nanmin(send[m])), float(np.nanmax(ends))
 
 
+def event_weights(ok: np.ndarray, out_tok: np.ndarray, events_col: np.ndarray, has_first: np.ndarray,
+                  counts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Tokens per streamed event of each request, and the step's median of them.
+
+    vLLM merges tokens into one event when it falls behind, so an event is worth its request's
+    usage tokens / events where both are known; a request without a usage count (an error, a
+    cut stream) weighs the step's median ratio.
+    """
+    events = np.where(events_col > 0, events_col, has_first.astype(float) + counts)
+    ratio = np.where(ok & (out_tok > 0) & (events > 0), out_tok / np.maximum(events, 1), np.nan)
+    known = ratio[np.isfinite(ratio)]
+    default_ratio = float(np.median(known)) if known.size else 1.0
+    return np.where(np.isfinite(ratio), ratio, default_ratio), default_ratio
+
+
+def window_output_tokens(table: pa.Table, w0: float, w1: float) -> float:
+    """Output tokens whose events arrived in [w0, w1], weighted as the step table weighs them.
+
+    For callers that hold request rows but no step table (the energy table of a bare results
+    directory); aggregate_step computes the same sum beside everything else it reports.
+    """
+    n = table.num_rows
+    if n == 0 or not w1 > w0:
+        return 0.0
+    send, ttft = column(table, "send_time"), column(table, "ttft_s")
+    has_first = np.isfinite(ttft) & np.isfinite(send)
+    t_first = np.where(has_first, send + np.where(has_first, ttft, 0.0), np.nan)
+    g = Gaps.of(table, n)
+    counts = np.where(has_first, g.counts, 0)
+    ok = column(table, "status", object) == "ok"
+    weight, _ = event_weights(ok, column(table, "output_tokens"), column(table, "token_events"), has_first, counts)
+    last = np.where(has_first, t_first + np.where(has_first, g.request_sums(), 0.0), send)
+    ev_in, _, _, _ = _window_counts(g, has_first, t_first, last, weight, np.zeros(n, bool), w0, w1, SLICES)
+    return float(np.sum(ev_in * weight))
+
+
 def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], slo: SLO
                    ) -> tuple[dict[str, Any], StepRequests, pd.DataFrame]:
     """Per-step figures, the per-request arrays, and the errors by kind (kind, count, example)."""
@@ -171,12 +207,7 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     g = Gaps.of(table, n)
     counts = np.where(has_first, g.counts, 0)  # gaps of a request without a first token are ignored
 
-    # tokens per event: usage tokens / events where both are known, else the step's median ratio
-    events = np.where(events_col > 0, events_col, has_first.astype(float) + counts)
-    ratio = np.where(ok & (out_tok > 0) & (events > 0), out_tok / np.maximum(events, 1), np.nan)
-    known = ratio[np.isfinite(ratio)]
-    default_ratio = float(np.median(known)) if known.size else 1.0
-    weight = np.where(np.isfinite(ratio), ratio, default_ratio)
+    weight, default_ratio = event_weights(ok, out_tok, events_col, has_first, counts)
 
     # per-request latencies
     tpot = np.where(ok & (out_tok > 1) & np.isfinite(e2e) & has_first, (e2e - ttft) / np.maximum(out_tok - 1, 1),

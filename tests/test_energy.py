@@ -5,8 +5,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import pyarrow as pa
 
 from analysis import energy as en
+from analysis.data import SLO
+from analysis.steps import aggregate_step, window_output_tokens
 from loadtest import telemetry as tm
 from loadtest.records import RequestRecord, StepInfo
 from loadtest.results import RunDir
@@ -109,12 +112,14 @@ def test_gpu_energy_prefers_the_counter_and_falls_back_to_power():
 
 
 def test_window_tokens_count_events_in_the_window_weighted_by_usage():
-    req = pd.DataFrame({"send_time": [0.0, 100.0], "ttft_s": [1.0, 1.0], "itl_s": [[1.0] * 9, [1.0]],
-                        "output_tokens": [20, 2], "token_events": [10, 2]})
+    req = pa.Table.from_pandas(pd.DataFrame({
+        "send_time": [0.0, 100.0, 100.0], "ttft_s": [1.0, 1.0, 1.0], "itl_s": [[1.0] * 9, [1.0], [1.0]],
+        "output_tokens": [20, 2, 6], "token_events": [10, 2, 2], "status": ["ok", "ok", "ok"]}))
     # token events of the first request at 1..10 s; [2.5, 7.5] holds 3,4,5,6,7; each event is 2 tokens
-    assert en.window_tokens(req, 2.5, 7.5) == pytest.approx(10.0)
-    req.loc[0, "output_tokens"] = None
-    assert en.window_tokens(req, 2.5, 7.5) == pytest.approx(5.0)
+    assert window_output_tokens(req, 2.5, 7.5) == pytest.approx(10.0)
+    # without its usage count it weighs the step's median tokens per event: of 2, 1 and 3
+    req = req.set_column(3, "output_tokens", pa.array([None, 2, 6], pa.int32()))
+    assert window_output_tokens(req, 2.5, 7.5) == pytest.approx(5 * 2.0)
 
 
 # --- a whole results directory --------------------------------------------------------------------
@@ -128,7 +133,6 @@ def _requests(variant, step, t0, n_req, tokens_each, span):
 
 
 def _telemetry(variant, step, t0, span, watts, gpus=("0",), reasons=0, source="nvml"):
-    import pyarrow as pa
 
     rows = []
     for g in gpus:
@@ -263,29 +267,38 @@ def test_real_h100_series_counter_and_power_agree():
 # --- the vectorised paths -------------------------------------------------------------------------
 
 def _window_tokens_by_loop(req, t0, t1):
-    """The definition, one request at a time: every event time, counted if inside [t0, t1]."""
+    """The definition, one request at a time: every event time inside [t0, t1], weighted by its
+    request's usage tokens per event, or by the median of those where the request has no usage."""
+    ratios = [o / e for o, e, st in zip(req.output_tokens, req.token_events, req.status)
+              if st == "ok" and np.isfinite(o) and o > 0 and e > 0]
+    median = float(np.median(ratios)) if ratios else 1.0
     total = 0.0
-    for send, ttft, gaps, out_tok, events in zip(req.send_time, req.ttft_s, req.itl_s, req.output_tokens,
-                                                  req.token_events):
+    for send, ttft, gaps, out_tok, events, st in zip(req.send_time, req.ttft_s, req.itl_s, req.output_tokens,
+                                                      req.token_events, req.status):
         if not np.isfinite(ttft):
             continue
         times = send + ttft + np.concatenate(([0.0], np.cumsum(np.asarray(gaps, dtype=np.float32), dtype=float)))
-        w = out_tok / events if np.isfinite(out_tok) and events > 0 else 1.0
+        w = out_tok / events if st == "ok" and np.isfinite(out_tok) and out_tok > 0 and events > 0 else median
         total += np.count_nonzero((times >= t0) & (times <= t1)) * w
     return total
 
 
-def test_window_tokens_matches_the_per_request_definition():
+def test_window_tokens_match_the_per_request_definition_and_the_step_table():
     rng = np.random.default_rng(7)
     n = 300
     lengths = rng.integers(0, 40, n)
     req = pd.DataFrame({"send_time": rng.uniform(0, 20, n), "ttft_s": rng.uniform(0.01, 1.0, n),
                         "itl_s": [list(rng.uniform(0.0, 0.5, k)) for k in lengths],
-                        "output_tokens": np.where(rng.random(n) < 0.8, 2 * (lengths + 1), np.nan),
-                        "token_events": lengths + 1})
+                        "output_tokens": np.where(rng.random(n) < 0.8, rng.integers(1, 3, n) * (lengths + 1), np.nan),
+                        "token_events": lengths + 1,
+                        "status": np.where(rng.random(n) < 0.9, "ok", "error"), "phase": "measure"})
     req.loc[::17, "ttft_s"] = np.nan  # no first token: nothing counts
+    table = pa.Table.from_pandas(req, preserve_index=False)
     for t0, t1 in ((5.0, 15.0), (0.0, 40.0), (10.0, 10.5)):
-        assert en.window_tokens(req, t0, t1) == pytest.approx(_window_tokens_by_loop(req, t0, t1))
+        want = _window_tokens_by_loop(req, t0, t1)
+        assert window_output_tokens(table, t0, t1) == pytest.approx(want)
+        row, _, _ = aggregate_step(table, t0, t1, SLO())
+        assert row["output_tokens_per_s"] * (t1 - t0) == pytest.approx(want)
 
 
 def test_the_analysis_step_table_spares_reading_the_request_rows(tmp_path):
@@ -318,7 +331,6 @@ def test_the_analysis_keeps_the_same_energy_table(tmp_path):
 
 
 def test_telemetry_labels_are_decoded_per_label_set(tmp_path):
-    import pyarrow as pa
 
     path = tmp_path / "t.parquet"
     lab = [tm.labels_json({"gpu": "1", "source": "dcgm"}), tm.labels_json({"gpu": "0", "source": "dcgm"}), "", "{",
