@@ -99,8 +99,7 @@ def _row(root: Path, steps: pd.DataFrame, variant: str, level: dict, warnings: l
         err = level.get("error")
         why = f": {str(err).splitlines()[0]}" if err else ""
         row["status"] = "failed"
-        notes.insert(0, "vllm bench serve failed" + why)
-        warnings.append(f"vllm bench serve failed for {variant} at concurrency {conc:g}{why}")
+        notes.insert(0, "vllm bench serve failed" + why)  # the run's record already warns of it, once a variant
     elif row["file"] is None:
         row["status"] = "missing"
         notes.insert(0, "no result file was recorded")

@@ -338,11 +338,12 @@ class Sweep:
         entry = crosscheck.run_crosscheck(self.plan, self.run, cmd.variant, cmd.url,
                                           self.plan.served_model_name or cmd.variant, self.key)
         self.manifest.setdefault("crosscheck", {})[cmd.variant] = entry
-        bad = [lv["concurrency"] for lv in entry["levels"] if lv["status"] != "ok"]
-        if entry.get("error") or bad:
+        failed = [lv for lv in entry["levels"] if lv["status"] != "ok"]
+        if entry.get("error") or failed:
+            why = entry.get("error") or next((lv["error"] for lv in failed if lv.get("error")), None) or "see its log"
+            levels = f" (levels {', '.join(str(lv['concurrency']) for lv in failed)})" if failed else ""
             self.manifest["warnings"].append(
-                f"{cmd.variant}: vllm bench serve cross-check incomplete"
-                + (f" (levels {', '.join(map(str, bad))})" if bad else "") + f": {entry.get('error') or 'see its log'}")
+                f"{cmd.variant}: vllm bench serve cross-check incomplete{levels}: {str(why).splitlines()[0]}")
         self._save_manifest()
 
     def _make_driver(self, cmd: launcher.ServerCommand, workload) -> Driver:  # noqa: ANN001

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from analysis import analyze
 from loadtest import crosscheck
 from loadtest.plan import PlanError, parse_plan
 from loadtest.runner import Sweep, new_run_dir
@@ -69,7 +70,11 @@ def test_a_client_that_cannot_start_fails_the_crosscheck_not_the_run(tmp_path):
     assert "cannot start" in entry["error"]
     assert [lv["status"] for lv in entry["levels"]] == ["failed", "failed"]
     assert "awq" not in man["crosscheck"]  # only the variants asked for
-    assert any("cross-check incomplete" in w for w in man["warnings"])
+    said = [w for w in man["warnings"] if "cross-check incomplete" in w]
+    assert len(said) == 1 and said[0].startswith("fp16: ") and "(levels 1, 8)" in said[0] and "cannot start" in said[0]
+    report = analyze(run.path)  # the analysis says it once too, beside the table's per-level notes
+    assert [w for w in report.data["warnings"] if "vllm bench serve" in w] == said
+    assert {r["status"] for r in report.data["crosscheck"]} == {"failed"}
 
 
 @pytest.mark.slow

@@ -128,7 +128,7 @@ def test_failed_missing_and_malformed_levels_are_rows_not_exceptions(base):
     warnings = "\n".join(s.data["warnings"])
     for name in ("crosscheck/awq/c4.json", "crosscheck/fp16/c1.json", "crosscheck/awq/c16.json"):
         assert name in warnings
-    assert "vllm bench serve failed for awq at concurrency 1" in warnings
+    assert "vllm bench serve failed" not in warnings  # a failed level: the run's own warning says it, not a second
     for r in s.data["crosscheck"]:
         assert not (r["output_tokens_flagged"] or r["ttft_flagged"] or r["itl_flagged"])
 
