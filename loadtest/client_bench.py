@@ -93,8 +93,6 @@ def timing_errors(ttfts: list[float], itls: list[list[float]], ttft_s: float, ga
 _NULL_SERVER = """
 import asyncio, json, sys, time
 import numpy as np
-
-from loadtest.crosscheck import BENCH_IMPORTS
 from aiohttp import web
 from deploy.null_server import NullServer
 
