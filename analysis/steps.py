@@ -141,6 +141,27 @@ def window_from_records(table: pa.Table) -> tuple[Optional[float], Optional[floa
     return float(np.nanmin(send[m])), float(np.nanmax(ends))
 
 
+@dataclass
+class EventSpans:
+    """When each request's token events came: its first token, its gaps, its last event."""
+
+    has_first: np.ndarray  # a first token arrived
+    t_first: np.ndarray  # its time (NaN without one)
+    gaps: Gaps
+    counts: np.ndarray  # gaps per request; those of a request without a first token are ignored
+    gap_sum: np.ndarray  # seconds from the first token to the last event
+    last: np.ndarray  # the last event's time (the send time without a first token)
+
+    @classmethod
+    def of(cls, table: pa.Table, send: np.ndarray, ttft: np.ndarray) -> "EventSpans":
+        has_first = np.isfinite(ttft) & np.isfinite(send)
+        t_first = np.where(has_first, send + np.where(has_first, ttft, 0.0), np.nan)
+        g = Gaps.of(table, table.num_rows)
+        gap_sum = g.request_sums()
+        last = np.where(has_first, t_first + np.where(has_first, gap_sum, 0.0), send)
+        return cls(has_first, t_first, g, np.where(has_first, g.counts, 0), gap_sum, last)
+
+
 def event_weights(ok: np.ndarray, out_tok: np.ndarray, events_col: np.ndarray, has_first: np.ndarray,
                   counts: np.ndarray) -> tuple[np.ndarray, float]:
     """Tokens per streamed event of each request, and the step's median of them.
@@ -165,15 +186,11 @@ def window_output_tokens(table: pa.Table, w0: float, w1: float) -> float:
     n = table.num_rows
     if n == 0 or not w1 > w0:
         return 0.0
-    send, ttft = column(table, "send_time"), column(table, "ttft_s")
-    has_first = np.isfinite(ttft) & np.isfinite(send)
-    t_first = np.where(has_first, send + np.where(has_first, ttft, 0.0), np.nan)
-    g = Gaps.of(table, n)
-    counts = np.where(has_first, g.counts, 0)
+    ev = EventSpans.of(table, column(table, "send_time"), column(table, "ttft_s"))
     ok = column(table, "status", object) == "ok"
-    weight, _ = event_weights(ok, column(table, "output_tokens"), column(table, "token_events"), has_first, counts)
-    last = np.where(has_first, t_first + np.where(has_first, g.request_sums(), 0.0), send)
-    ev_in, _, _, _ = _window_counts(g, has_first, t_first, last, weight, np.zeros(n, bool), w0, w1, SLICES)
+    weight, _ = event_weights(ok, column(table, "output_tokens"), column(table, "token_events"), ev.has_first,
+                              ev.counts)
+    ev_in, _, _, _ = _window_counts(ev.gaps, ev.has_first, ev.t_first, ev.last, weight, np.zeros(n, bool), w0, w1, 1)
     return float(np.sum(ev_in * weight))
 
 
@@ -202,20 +219,16 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     ok = status == "ok"
     err = status == "error"
     cancelled = status == "cancelled"
-    has_first = np.isfinite(ttft) & np.isfinite(send)
-    t_first = np.where(has_first, send + np.where(has_first, ttft, 0.0), np.nan)
-    g = Gaps.of(table, n)
-    counts = np.where(has_first, g.counts, 0)  # gaps of a request without a first token are ignored
+    ev = EventSpans.of(table, send, ttft)
+    has_first, t_first, g, counts, gap_sum, last = ev.has_first, ev.t_first, ev.gaps, ev.counts, ev.gap_sum, ev.last
 
     weight, default_ratio = event_weights(ok, out_tok, events_col, has_first, counts)
 
     # per-request latencies
     tpot = np.where(ok & (out_tok > 1) & np.isfinite(e2e) & has_first, (e2e - ttft) / np.maximum(out_tok - 1, 1),
                     np.nan)
-    gap_sum = g.request_sums()
     mean_gap = np.where(counts > 0, gap_sum / np.maximum(counts, 1), np.nan)
     # a request without an end (cancelled) was in flight until its last event
-    last = np.where(has_first, t_first + np.where(has_first, gap_sum, 0.0), send)
     end = np.where(np.isfinite(e2e), send + e2e, last)
     n_slow = g.count_above(slo.itl_s) if slo.itl_s is not None else np.zeros(n, np.int64)
     good = judge_requests(slo, status, ttft, tpot, e2e, counts, n_slow)

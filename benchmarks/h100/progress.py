@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's ridgeline, as on the host
+
 LOG_FACTS = re.compile(r"Model loading took|quantization=|Using \w+ for \w+LinearMethod|KV cache size|"
                        r"Maximum concurrency|kv_cache_dtype|Using .*attention backend|"
                        r"graph capturing finished|init engine .* took|Error|Traceback", re.I)
@@ -29,7 +31,9 @@ def newest_run(root: Path) -> Optional[Path]:
 
 
 def step_line(run: Path, step: dict) -> str:
-    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from analysis.steps import window_output_tokens
 
     v, i = step.get("variant"), step.get("step")
     head = f"{v:>10} step {i:>2} c={step.get('concurrency')!s:>4} {step.get('status', '?'):>10}"
@@ -37,24 +41,14 @@ def step_line(run: Path, step: dict) -> str:
     if not f.exists():
         return head
     try:
-        df = pd.read_parquet(f)
+        table = pq.read_table(f)
     except Exception as exc:  # noqa: BLE001 - a file being written is not an error here
         return f"{head} (unreadable now: {type(exc).__name__})"
+    df = table.to_pandas()
     w0, w1 = step.get("window_start"), step.get("window_end")
     toks = 0.0
-    if w0 and w1 and w1 > w0 and "ttft_s" in df and "itl_s" in df:
-        # an event can carry several tokens (vLLM merges them when its output falls behind): each
-        # event counts the request's tokens over its events
-        for send, ttft, gaps, n in zip(df["send_time"], df["ttft_s"], df["itl_s"], df["output_tokens"]):
-            if ttft is None or ttft != ttft:
-                continue
-            events = 1 + (len(gaps) if gaps is not None else 0)
-            per = (n / events) if n == n and n else 1.0
-            t = send + ttft
-            toks += per * (w0 <= t <= w1)
-            for g in (gaps if gaps is not None else []):
-                t += g
-                toks += per * (w0 <= t <= w1)
+    if w0 and w1 and w1 > w0:
+        toks = window_output_tokens(table, w0, w1)  # as the analysis counts them
     rate = toks / (w1 - w0) if w0 and w1 and w1 > w0 else float("nan")
     ok = df[df["status"] == "ok"] if "status" in df else df
     ttft = ok["ttft_s"].median() * 1e3 if "ttft_s" in ok and len(ok) else float("nan")
