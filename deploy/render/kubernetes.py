@@ -26,6 +26,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from deploy.catalog import catalog_model
 from deploy.launcher import ServerCommand
 from loadtest.telemetry import TelemetryError, gpus_per_replica
 
@@ -53,8 +54,6 @@ class RenderError(ValueError):
 
 def model_warnings(plan: Any) -> list[str]:
     """Variants whose model is a catalogue name: a vLLM pod cannot load it (it needs a hub id or a path)."""
-    from deploy.catalog import catalog_model
-
     out = []
     for v in plan.variants:
         m = str(v.model or plan.model)
