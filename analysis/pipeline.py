@@ -25,6 +25,8 @@ from analysis import server_metrics as sm
 from analysis.agreement import agreement_columns
 from analysis.crosscheck import crosscheck_table
 from analysis.data import AnalysisError, RunInfo, load_run
+from analysis.quality.rows import quality_files
+from analysis.quality.section import quality_section
 from analysis.roofline import Roofline, analyse_roofline
 from analysis.speedup import (
     Capacity,
@@ -65,6 +67,7 @@ class Analysis:
     requests: dict[tuple[str, int], StepRequests] = field(default_factory=dict)
     draws: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     level_draws: dict[tuple[str, float], np.ndarray] = field(default_factory=dict)
+    quality: Optional[dict[str, Any]] = None  # summary.json's quality section (None: no quality measured)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -169,7 +172,7 @@ def _map_steps(fn, items: list) -> list:
 def _fingerprint(path: Path) -> tuple:
     files = [path / "manifest.json", *(f for d in ("requests", "metrics", "telemetry")
                                        for f in sorted((path / d).glob("*/step-*.parquet"))),
-             *sorted((path / "crosscheck").glob("*/*.json"))]
+             *sorted((path / "crosscheck").glob("*/*.json")), *quality_files(path)]
     out = []
     for f in files:
         try:
@@ -240,8 +243,23 @@ def _compute(info: RunInfo) -> Analysis:
     analysis = Analysis(info=info, steps=steps, levels=levels, speedups=speedups, crossings=cross, capacity=caps,
                         roofline=roof, series=ser, errors=errs, energy=energy, crosscheck=cc, requests=requests,
                         draws=draws, level_draws=level_draws)
-    analysis.warnings = list(dict.fromkeys(_warnings(analysis) + step_warnings + cc_warnings))
+    analysis.quality, q_warnings = _quality(info)
+    analysis.warnings = list(dict.fromkeys(_warnings(analysis) + step_warnings + cc_warnings + q_warnings))
     return analysis
+
+
+def _quality(info: RunInfo) -> tuple[Optional[dict[str, Any]], list[str]]:
+    """The quality section and what it warns of; rows it cannot read never stop the speed analysis."""
+    plan = info.manifest.get("plan") if isinstance(info.manifest.get("plan"), dict) else None
+    try:
+        section = quality_section(info.path, plan, info.baseline, info.variants)
+    except (AnalysisError, ValueError, TypeError) as exc:
+        return None, [f"quality figures left out: {type(exc).__name__}: {exc}"]
+    if section is None:
+        return None, []
+    warnings = [f"quality: {n}" for n in section["notes"]]
+    warnings += [f"quality of {v}: {e['reason']}" for v, e in section["variants"].items() if e["status"] == "invalid"]
+    return section, warnings
 
 
 def _warnings(a: Analysis) -> list[str]:

@@ -19,6 +19,7 @@ import pyarrow as pa
 from analysis.crosscheck import verdict_word
 from analysis.energy import STEP_COLUMNS, energy_label, energy_sentences, sources_of
 from analysis.pipeline import Analysis, compute, finite
+from analysis.quality.verdict import verdict_lines
 from analysis.roofline import explain
 from analysis.speedup import SLO_ATTAINMENT, interval
 from loadtest.results import (
@@ -162,7 +163,7 @@ def verdict(a: Analysis) -> str:
     sp = a.speedups
     if a.levels.empty:
         parts.append("No complete step was measured, so there is no comparison.")
-        return " ".join(parts)
+        return " ".join(parts + [line + "." for line in quality_lines(a).values()])
     others = [v for v in info.variants if v != info.baseline]
     for v in others:
         problem = served_problem(a, v)
@@ -188,6 +189,7 @@ def verdict(a: Analysis) -> str:
         if problem:
             sentence = f"{problem}; as served, " + sentence
         parts.append(sentence + ".")
+    parts += [line + "." for line in quality_lines(a).values()]
     caps = {v: c for v, c in a.capacity.items() if c.output_tokens_per_s}
     if caps:
         best = max(caps.values(), key=lambda c: c.output_tokens_per_s or 0)
@@ -216,6 +218,18 @@ def verdict(a: Analysis) -> str:
         parts.append(f"The load generator was CPU-saturated in {len(sat)} step(s); latencies there may include "
                      f"client delay.")
     return " ".join(parts)
+
+
+def quality_lines(a: Analysis) -> dict[str, str]:
+    """Per variant, its speed and quality in one line (empty: the run measured no quality)."""
+    return verdict_lines(a.quality, a.speedups, a.info.baseline, a.info.mode)
+
+
+def _quality_entry(a: Analysis) -> Optional[dict[str, Any]]:
+    """summary.json's quality section with each variant's verdict line (None: no quality measured)."""
+    if a.quality is None:
+        return None
+    return {**a.quality, "verdict": quality_lines(a)}
 
 
 def _roofline_sentence(a: Analysis) -> Optional[str]:
@@ -305,6 +319,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "roofline_context_tokens": finite(a.roofline.context_tokens),
         "energy": _energy_entry(a),
         "crosscheck": crosscheck_rows(a),
+        "quality": _quality_entry(a),
         "warnings": a.warnings,
     }
 

@@ -77,3 +77,38 @@ def synthetic_likelihood(docs: int, positions: int, vocab: int, k: int, damage: 
                 kl_sum[j] += float(np.sum(p * (np.log(p) - np.log(q))))
             n += 1
     return out, list(kl_sum / n)
+
+
+def add_quality(run_path: Path, damage: dict[str, float], not_measured: Optional[dict[str, str]] = None,
+                docs: int = 8, positions: int = 40, vocab: int = 64, k: int = 8, prompts: int = 20,
+                items: int = 30, seed: int = 0) -> None:
+    """Quality rows for a run: per variant a damage scale (0 for the baseline) or a not-measured reason.
+
+    Greedy outputs and task answers degrade with the damage: each greedy token, and each task answer
+    the baseline got right, is changed with probability min(1, damage / 2).
+    """
+    names = list(damage)
+    levels, _ = synthetic_likelihood(docs, positions, vocab, k, damage=[damage[n] for n in names], seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    base_tokens = [[token(int(t)) for t in rng.integers(0, vocab, size=8)] for _ in range(prompts)]
+    base_ok = rng.random(items) < 0.8
+    for name, rows in zip(names, levels):
+        flip = min(1.0, damage[name] / 2)
+        r = np.random.default_rng(seed_of(name))
+        greedy = []
+        for i, toks in enumerate(base_tokens):
+            out = [t if r.random() >= flip else token(vocab + int(r.integers(0, vocab))) for t in toks]
+            greedy.append({"prompt_id": f"p{i}", "tokens": out, "text": " ".join(out), "finish_reason": "length"})
+        task = []
+        for i, ok in enumerate(base_ok):
+            right = bool(ok) and r.random() >= flip
+            task.append({"item_id": f"i{i}", "prompt": f"q{i}", "reference": str(i),
+                         "output": f"the answer is {i}" if right else "the answer is -1"})
+        write_variant(run_path, name, likelihood=rows, greedy=greedy, task=task,
+                      settings={"task": {"scorer": "numeric"}})
+    for name, reason in (not_measured or {}).items():
+        write_variant(run_path, name, status="not_measured", reason=reason, weights="dummy")
+
+
+def seed_of(name: str) -> int:
+    return sum(ord(c) * 31 ** i for i, c in enumerate(name)) % (2 ** 32)
