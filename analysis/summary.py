@@ -321,7 +321,14 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "crosscheck": crosscheck_rows(a),
         "quality": _quality_entry(a),
         "warnings": a.warnings,
+        "failed_starts": failed_starts(info.manifest),
     }
+
+
+def failed_starts(manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each variant's server starts that failed before one worked or the variant was given up (retries)."""
+    return {v: list(e.get("failed_starts") or []) for v, e in (manifest.get("servers") or {}).items()
+            if isinstance(e, dict) and e.get("failed_starts")}
 
 
 def _energy_entry(a: Analysis) -> Optional[dict[str, Any]]:

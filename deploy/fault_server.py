@@ -30,6 +30,9 @@ Faults (`name` or `name=arg`):
                           (a careless server)
   exit_after=K            K token events, then the whole process exits with status 3
 
+`--fail-first-start MARKER` makes the process itself fail at start once (a library that does not
+load), so the launcher's retry can be tested: the real server cannot be made to fail that way.
+
 It accepts and ignores vLLM's command-line flags, so the launcher can start it where vLLM would be.
 `GET /admin/stats` says how many requests arrived and which faults they got.
 
@@ -373,11 +376,18 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--error-message", default=None, help="text of injected errors (500, 429, error_event)")
     ap.add_argument("--upstream", default=None,
                     help="pass requests that draw no fault to this server (e.g. http://127.0.0.1:8000)")
+    ap.add_argument("--fail-first-start", default=None, metavar="MARKER",
+                    help="exit at start with a library-load error unless the file MARKER exists (it is made "
+                         "then): a start that fails once for a passing reason, then works")
     return ap
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     a, ignored = parser().parse_known_args(argv)
+    if a.fail_first_start and not os.path.exists(a.fail_first_start):
+        open(a.fail_first_start, "w").close()
+        _log("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so (made to fail by --fail-first-start)")
+        sys.exit(1)
     if not 0.0 <= a.error_rate <= 1.0:
         sys.exit("--error-rate must be between 0 and 1")
     key = None

@@ -273,6 +273,10 @@ class ServerSpec(_Strict):
     startup_timeout_s: float = Field(default=900.0, gt=0)
     on_failure: Literal["skip", "restart"] = "skip"
     load_format: Optional[str] = None
+    # a start that fails is tried again this many times, after a pause, before on_failure applies
+    # (GPU hosts see starts die for a passing reason: a library that fails to load once)
+    start_retries: int = Field(default=1, ge=0, le=10)
+    start_retry_pause_s: float = Field(default=30.0, ge=0)
 
 
 class ScrapeSpec(_Strict):

@@ -21,6 +21,7 @@ import psutil
 
 from deploy import launcher
 from deploy.render.prometheus import publish_targets
+from deploy.start_retry import StartFailed, start_with_retries
 from deploy.variants import resolve
 from loadtest import crosscheck
 from loadtest.driver import Driver, LocalDriver
@@ -148,7 +149,27 @@ class Sweep:
     def _start(self, cmd: launcher.ServerCommand) -> Optional[launcher.Server]:
         if not cmd.argv:  # external: nothing to start
             return None
-        server = launcher.start(cmd, self.run.log_path(cmd.variant))
+        srv = self.plan.server
+        entry = self.manifest["servers"].setdefault(cmd.variant, {})
+
+        def retried(failure: dict[str, Any]) -> None:
+            entry.setdefault("failed_starts", []).append(failure)
+            self.manifest["warnings"].append(
+                f"variant {cmd.variant}: server start {failure['attempt']} failed ({failure['error']}); "
+                f"retrying in {srv.start_retry_pause_s:g} s (its log: {failure['log']})")
+            self._save_manifest()
+
+        try:
+            server, failures = start_with_retries(cmd, self.run.log_path(cmd.variant), srv.start_retries,
+                                           srv.start_retry_pause_s, root=self.run.path, sleep=gevent.sleep,
+                                           on_retry=retried)
+        except StartFailed as exc:
+            entry.setdefault("failed_starts", []).append(exc.failures[-1])
+            raise
+        if failures:
+            self.manifest["warnings"].append(
+                f"variant {cmd.variant}: server started on try {len(failures) + 1} after {len(failures)} failed "
+                f"start(s); their logs: {', '.join(f['log'] for f in failures)}")
         self._servers[cmd.variant] = server
         return server
 
