@@ -8,6 +8,7 @@ from typing import Any, Union
 from analysis import energy
 from analysis.charts import colours, write_charts
 from analysis.pipeline import Analysis, compute
+from analysis.quality.chart import speed_quality_chart
 from analysis.report_html import render_html
 from analysis.report_md import render_md
 from loadtest.results import RunDir, atomic_write_text
@@ -33,6 +34,10 @@ def render_reports(run_dir: Union[str, Path, RunDir]) -> dict[str, Path]:
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     a = compute(run)
     charts = write_charts(a, run.charts_dir)
+    quality = speed_quality_chart(a.quality, a.speedups, a.info.mode, colours(a), run.charts_dir / "quality.png",
+                                  emulator=a.info.backend == "emulator")
+    if quality is not None:
+        charts["quality"] = quality
     energy = _energy(run, a)
     if energy.get("chart"):
         charts["energy"] = Path(energy["chart"])

@@ -23,6 +23,7 @@ from analysis import report_tables as rt
 from analysis.crosscheck import commands as crosscheck_commands
 from analysis.energy import MIN_COVERAGE
 from analysis.pipeline import Analysis
+from analysis.quality.table import absent_sentence, quality_note, quality_table
 from analysis.speedup import SLO_ATTAINMENT
 from analysis.summary import BACKEND_NOTE, served_problem, threshold_key
 
@@ -72,6 +73,14 @@ details summary{cursor:pointer;font-weight:600;margin:6px 0}
 {% if charts.get('throughput') %}<figure><img alt="throughput against {{ level_word }}" src="{{ charts.get('throughput') }}"></figure>{% endif %}
 {% if charts.get('speedup') %}<figure><img alt="speedup against {{ level_word }}" src="{{ charts.get('speedup') }}"></figure>{% endif %}
 </div>
+</section>
+
+<section id="quality"><h2>Quality{% if quality_baseline %} against {{ quality_baseline }}{% endif %}</h2>
+{% if quality_absent %}<p class="muted">{{ quality_absent }}</p>{% else %}
+{{ table(quality_table) }}
+{% if charts.get('quality') %}<figure><img alt="speed against quality" src="{{ charts.get('quality') }}"></figure>{% endif %}
+<p class="muted">{{ quality_note }}</p>
+{% for n in quality_notes %}<div class="warn">{{ n }}</div>{% endfor %}{% endif %}
 </section>
 
 <section id="crossover"><h2>Where the speedup falls below each threshold</h2>
@@ -185,6 +194,13 @@ def _command(argv: list[str], env: dict[str, Any]) -> str:
     prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in (env or {}).items())
     line = " ".join(shlex.quote(a) for a in argv) if argv else "(external: nothing was started)"
     return (prefix + " " if prefix else "") + line
+
+
+def _quality_context(a: Analysis) -> dict[str, Any]:
+    q = a.quality
+    return {"quality_baseline": (q or {}).get("baseline") or "", "quality_absent": absent_sentence(a.info.backend, q),
+            "quality_table": quality_table(q), "quality_note": quality_note(q) if q else "",
+            "quality_notes": (q or {}).get("notes") or []}
 
 
 def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None) -> dict[str, Any]:
@@ -327,6 +343,7 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
         "min_coverage": f"{MIN_COVERAGE:.0%}", "roofline_peaks": _peaks(a),
         "crosscheck_table": rt.crosscheck_table(a) if m.get("crosscheck") else None,
         "crosscheck_note": rt.crosscheck_note(),
+        **_quality_context(a),
         "crosscheck_commands": [{"variant": v, "command": _command(argv, {})} for v, argv in crosscheck_commands(m)],
     }
 

@@ -18,6 +18,7 @@ from analysis import report_tables as rt
 from analysis.crosscheck import commands as crosscheck_commands
 from analysis.energy import energy_sentences
 from analysis.pipeline import Analysis
+from analysis.quality.table import absent_sentence, quality_note, quality_table
 from analysis.speedup import interval
 from analysis.summary import BACKEND_NOTE, served_problem, threshold_key
 
@@ -42,6 +43,20 @@ def _shared_table(t: rt.Table) -> list[str]:
     """A report_tables.Table in Markdown: every cell escaped, flagged cells in bold."""
     rows = [[f"**{md(c)}**" if i in r.flagged else md(c) for i, c in enumerate(r.cells)] for r in t.rows]
     return _table([md(h) for h in t.headers], rows)
+
+
+def _quality(a: Analysis, charts: dict[str, Path], run_dir: Path) -> list[str]:
+    """The quality section: its table, the speed-against-quality chart and notes, or why there is none."""
+    q = a.quality
+    lines = ["## Quality" + (f" against {md(q.get('baseline'))}" if q and q.get("baseline") else ""), ""]
+    absent = absent_sentence(a.info.backend, q)
+    if absent:
+        return lines + [md(absent), ""]
+    lines += _shared_table(quality_table(q)) + [""]
+    if "quality" in charts:
+        lines += [f"![speed against quality]({Path(charts['quality']).relative_to(run_dir).as_posix()})", ""]
+    lines += [md(quality_note(q)), ""] + [f"> **Note:** {md(n)}" for n in q.get("notes") or []]
+    return lines + ([""] if q.get("notes") else [])
 
 
 def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Optional[str] = None) -> str:
@@ -69,6 +84,7 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
                 lines.append(f"![{name}]({rel})")
         lines.append("")
 
+    lines += _quality(a, charts, run_dir)
     if others:
         lines += [f"## Crossover ({word} where the speedup falls below each threshold)", ""]
         heads = ["variant"] + [f"below {threshold_key(t)}x" for t in info.thresholds]

@@ -7,6 +7,7 @@ control page that does reference a remote image shows the trap catches a page's 
 Skipped with the reason when Chromium is absent (the CI script installs it).
 """
 
+import base64
 import re
 import shutil
 import socket
@@ -18,6 +19,7 @@ import pytest
 
 from analysis import analyze, render_reports
 from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from tests.support.quality_rows import add_quality
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
                  if p and Path(p).exists()), None)
@@ -73,6 +75,7 @@ def report(tmp_path_factory):
     steps = {v: [StepModel(c, 0.004 * (1 + c / 16) / s, 0.02, output_tokens=40, warmup_s=0.5, duration_s=3.0,
                            power_w=250.0 + 4 * c) for c in (1, 4, 16, 64)] for v, s in (("fp16", 1.0), ("awq", 1.5))}
     run = build_run(root / "run", RunModel(steps=steps, plan=plan_dict(["fp16", "awq"])))
+    add_quality(run.path, {"fp16": 0.0, "awq": 0.8})
     analyze(run.path)
     render_reports(run.path)
     return run.path / "report.html"
@@ -122,3 +125,22 @@ def test_report_renders_in_chromium_without_errors_or_requests(report, tmp_path)
     header = gray[:60]
     assert header.mean() < 0.5  # the dark header bar with the backend badge is drawn at the top
     assert (gray[60:1000] < 0.9).mean() > 0.05  # charts and text on the first screen
+
+
+def test_quality_table_and_chart_are_in_the_rendered_page(report, tmp_path):
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--proxy-server=http://127.0.0.1:9", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    dom = proc.stdout
+    assert '<section id="quality">' in dom, proc.stderr[-2000:]
+    section = dom.split('<section id="quality">', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", section, re.S)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S) for r in rows]
+    awq = next(c for c in cells if c and c[0] == "awq")
+    assert re.fullmatch(r"\+\d+\.\d%", awq[4])  # its perplexity change, as the browser parsed the table
+    img = re.search(r'<img alt="speed against quality" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', section)
+    assert img is not None
+    png = base64.b64decode(img.group(1))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
