@@ -1,1 +1,1 @@
-"""Shared pieces for tests that need the real vLLM engine: tiny models, the engine's interpreter, plans."""
+"""Shared pieces for tests: tiny models, the engine's interpreter, plans, the project's own source files."""
