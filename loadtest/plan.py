@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from loadtest.plan_quality import QualitySpec
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
 
@@ -479,6 +481,7 @@ class Plan(_Strict):
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     crosscheck: Optional[CrossCheckSpec] = Field(default=None, description="vllm bench serve beside the sweep")
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+    quality: Optional[QualitySpec] = Field(default=None, description="eval sets asked of each live server")
 
     @field_validator("name")
     @classmethod
@@ -516,6 +519,8 @@ class Plan(_Strict):
             missing = [x.name for x in self.variants if not x.url]
             if missing:
                 raise ValueError(f"backend external needs a url for every variant (missing: {', '.join(missing)})")
+        if self.quality is not None:
+            self.quality.check_names(names, self.baseline)
         cc = self.crosscheck
         if cc is not None:
             unknown = [v for v in cc.variants or [] if v not in names]
