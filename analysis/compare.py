@@ -2,9 +2,9 @@
 
 Steps are matched by variant name and load level (repeats pooled). A difference is significant when
 chance alone is an unlikely explanation:
-- throughput metrics (output and goodput tokens/s): the same time-slice bootstrap as the speedup
-  interval (analysis.speedup), run B's draws over run A's; significant when the 95% interval of
-  the ratio excludes 1;
+- throughput metrics (output and goodput tokens/s): the same block bootstrap as the speedup
+  interval (analysis.block_bootstrap), run B's draws over run A's; significant when the 95%
+  interval of the ratio excludes 1;
 - latency metrics (TTFT, ITL, TPOT, end-to-end, any percentile): Welch's t-test on the per-request
   values of the two steps (mean inter-token gap per request for ITL), significant at p < 0.05. The
   test is on the per-request means; the difference shown is in the chosen statistic.
@@ -24,7 +24,8 @@ import numpy as np
 
 from analysis.data import AnalysisError
 from analysis.pipeline import Analysis, compute
-from analysis.speedup import RESAMPLES, bootstrap_rate, interval, seed_for
+from analysis.block_bootstrap import RESAMPLES, rate_draws
+from analysis.speedup import interval, seed_for
 from loadtest.results import ResultsError, RunDir
 
 HIGHER_IS_BETTER = {"output_tokens_per_s", "total_tokens_per_s", "prompt_tokens_per_s", "requests_per_s",
@@ -101,7 +102,7 @@ def _draws(a: Analysis, variant: str, level: float, attr: str) -> np.ndarray:
         if req is None:
             continue
         rng = np.random.default_rng(seed_for("compare", variant, s, attr))
-        ds.append(bootstrap_rate(getattr(req, attr), row.window_s, rng))
+        ds.append(rate_draws(getattr(req, attr), row.window_s, req.e2e_s, rng, req.lead_s))
     return np.mean(ds, axis=0) if ds else np.full(RESAMPLES, np.nan)
 
 

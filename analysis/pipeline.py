@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from analysis import energy as en
 from analysis import server_metrics as sm
 from analysis.agreement import agreement_columns
+from analysis.block_bootstrap import rate_draws
 from analysis.crosscheck import crosscheck_table
 from analysis.data import AnalysisError, RunInfo, load_run
 from analysis.quality.rows import quality_files
@@ -31,7 +32,6 @@ from analysis.roofline import Roofline, analyse_roofline
 from analysis.speedup import (
     Capacity,
     Crossing,
-    bootstrap_rate,
     capacities,
     crossovers,
     level_table,
@@ -125,7 +125,7 @@ def _one_step(info: RunInfo, s: Any) -> _StepResult:
     kinds.insert(0, "step", s.step)
     kinds.insert(0, "variant", s.variant)
     rng = np.random.default_rng(seed_for(s.variant, s.step))
-    draws = bootstrap_rate(reqs.slice_tokens, row["window_s"], rng)
+    draws = rate_draws(reqs.slice_tokens, row["window_s"], reqs.e2e_s, rng, reqs.lead_s)
     energy, warnings = _step_energy(info, s, head)
     head.update(en.step_columns(energy))
     return _StepResult(head, reqs, kinds, series, draws, energy, warnings)

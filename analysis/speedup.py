@@ -1,17 +1,10 @@
 """Speedup over the baseline with a confidence interval, where it crosses thresholds, knees, capacity.
 
-The interval is a bootstrap of the step's throughput by batch means over time: the measured window
-is cut into equal slices (steps.SLICES), the output tokens that arrived in each are counted, and
-the slices are resampled with replacement 1000 times; each draw's sum over the window is one
-bootstrap throughput. Slices rather than requests are the unit because throughput is a rate over
-time: at low concurrency a window holds a handful of requests whose share of tokens inside the
-window depends mostly on where the window's edges cut them, so resampling requests gives
-intervals many times wider than the step-to-step spread, while slices see the steady token rate
-(and, at high load, the stalls of prefills and preemptions, as slices with fewer tokens). Variant
-and baseline are resampled independently; the interval of the speedup is the 2.5th to 97.5th
-percentile of the ratio of their draws. With repeats, a level's draw is the mean of its repeats'
-draws. Slices a few hundred milliseconds long are shorter than a request, so neighbouring slices
-are correlated and the interval is a lower bound on run-to-run noise: repeats measure the rest.
+Each step's throughput comes with bootstrap draws from analysis.block_bootstrap (circular blocks of
+time slices, each block at least one request's lifetime long; its docstring and docs/analysis.md
+say why, and what its measured coverage is). Variant and baseline are resampled independently; the
+interval of the speedup is the 2.5th to 97.5th percentile of the ratio of their draws. With
+repeats, a level's draw is the mean of its repeats' draws.
 
 A crossover is the lowest load where the speedup falls below a threshold, interpolated linearly
 in log2(load) between the last step above and the first below; its interval comes from the same
@@ -28,8 +21,8 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-RESAMPLES = 1000
-MAX_UNITS = 512
+from analysis.block_bootstrap import RESAMPLES
+
 CONFIDENCE = 0.95
 KNEE_GAIN = 0.10  # throughput growth per doubling of load below which the curve has flattened
 SLO_ATTAINMENT = 0.90  # share of requests meeting the SLO for a step to count as within it
@@ -38,26 +31,6 @@ SLO_ATTAINMENT = 0.90  # share of requests meeting the SLO for a step to count a
 def seed_for(*parts: object) -> int:
     """A stable seed per step, so the same results directory always gives the same intervals."""
     return zlib.crc32("|".join(str(p) for p in parts).encode())
-
-
-def bootstrap_rate(tokens: np.ndarray, window_s: float, rng: np.random.Generator,
-                   resamples: int = RESAMPLES, max_units: int = MAX_UNITS) -> np.ndarray:
-    """Bootstrap draws of sum(tokens) / window_s, resampling the units (slices; blocks of them if many)."""
-    tokens = np.asarray(tokens, dtype=float)
-    if not (window_s and window_s > 0) or tokens.size == 0:
-        return np.full(resamples, np.nan)
-    units = tokens
-    if tokens.size > max_units:
-        edges = np.linspace(0, tokens.size, max_units + 1).astype(np.int64)[:-1]
-        units = np.add.reduceat(tokens, edges)
-    k = units.size
-    out = np.empty(resamples)
-    chunk = max(1, 2_000_000 // k)
-    for i in range(0, resamples, chunk):
-        j = min(resamples, i + chunk)
-        idx = rng.integers(0, k, size=(j - i, k))
-        out[i:j] = units[idx].sum(axis=1)
-    return out / window_s
 
 
 def interval(draws: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:

@@ -8,7 +8,7 @@ shorter than one request. Where a request's usage says it received more tokens t
 server that sends several tokens per chunk), each of its events is weighted by tokens/events.
 
 For the throughput's interval the window is also cut into SLICES equal slices and the tokens
-of each counted (see analysis.speedup).
+of each counted (see analysis.block_bootstrap).
 
 Latencies are over the measured-phase requests (sent inside the window). An open-loop step's
 lateness (send_time - scheduled_time) is over the arrivals the schedule put inside the window, so
@@ -53,6 +53,7 @@ class StepRequests:
     ok: np.ndarray  # bool
     slice_tokens: np.ndarray  # output tokens that arrived in each of SLICES equal slices of the window
     slice_good_tokens: np.ndarray  # the same, of requests meeting the SLO
+    lead_s: float = 0.0  # from the window's start to the first send inside it (client start-up)
 
 
 def read_step_table(path: Path) -> pa.Table:
@@ -286,8 +287,14 @@ def aggregate_step(table: pa.Table, w0: Optional[float], w1: Optional[float], sl
     reqs = StepRequests(tokens_in_window=tokens_in, good_tokens_in_window=np.where(good, tokens_in, 0.0),
                         measure=measure, ttft_s=ttft, e2e_s=np.where(ok, e2e, np.nan), tpot_s=tpot,
                         mean_gap_s=mean_gap, ok=ok, slice_tokens=slices,
-                        slice_good_tokens=good_slices)
+                        slice_good_tokens=good_slices, lead_s=_lead(send, w0, w1))
     return row, reqs, kinds
+
+
+def _lead(send: np.ndarray, w0: float, w1: float) -> float:
+    """Seconds from the window's start to the first send inside it (0 when none, or no window)."""
+    inside = send[np.isfinite(send) & (send >= w0) & (send <= w1)] if np.isfinite(w0) and np.isfinite(w1) else send[:0]
+    return float(inside.min() - w0) if inside.size else 0.0
 
 
 def _errors_by_kind(table: pa.Table, err: np.ndarray) -> pd.DataFrame:

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from analysis import analyze
+from analysis.block_bootstrap import RESAMPLES, rate_draws
 from analysis.speedup import (
-    RESAMPLES,
-    bootstrap_rate,
     crossover,
     first_crossing,
     interval,
@@ -43,23 +42,26 @@ def test_knee_is_where_doubling_stops_paying():
     assert knee([1, 4, 16], [100, 390, 400]) == 4  # 1.95x over two doublings still pays 40% per doubling
 
 
+SHORT = np.full(8, 0.1)  # requests far shorter than a slice: blocks of one slice
+
+
 def test_bootstrap_is_reproducible_and_covers_the_rate():
     rng = np.random.default_rng(1)
     slices = rng.poisson(100, size=50).astype(float)
-    a = bootstrap_rate(slices, 10.0, np.random.default_rng(5))
-    b = bootstrap_rate(slices, 10.0, np.random.default_rng(5))
+    a = rate_draws(slices, 10.0, SHORT, np.random.default_rng(5))
+    b = rate_draws(slices, 10.0, SHORT, np.random.default_rng(5))
     assert a.shape == (RESAMPLES,) and np.array_equal(a, b)
     lo, hi = interval(a)
     assert lo < slices.sum() / 10 < hi
     # the interval of a sum of 50 Poisson(100) slices is about +-2 standard errors
     assert (hi - lo) / 2 == pytest.approx(1.96 * math.sqrt(50 * 100) / 10, rel=0.25)
-    assert np.isnan(bootstrap_rate(np.zeros(0), 10.0, rng)).all()
+    assert np.isnan(rate_draws(np.zeros(0), 10.0, SHORT, rng)).all()
 
 
 def test_ratio_interval_of_equal_rates_contains_one():
     rng = np.random.default_rng(2)
-    x = bootstrap_rate(rng.poisson(50, 50).astype(float), 1.0, rng)
-    y = bootstrap_rate(rng.poisson(50, 50).astype(float), 1.0, rng)
+    x = rate_draws(rng.poisson(50, 50).astype(float), 1.0, SHORT / 10, rng)
+    y = rate_draws(rng.poisson(50, 50).astype(float), 1.0, SHORT / 10, rng)
     lo, hi = ratio_interval(x, y)
     assert lo < 1.0 < hi
 
