@@ -29,18 +29,21 @@ def render_reports(run_dir: Any) -> dict:
     return _render(run_dir)
 
 
-def compare(run_a: Any, run_b: Any, metric: str = "output_tokens_per_s", threshold: float = 0.05) -> "CompareResult":
-    """Per-step differences of a metric between two runs, with significance and regressions."""
+def compare(run_a: Any, run_b: Any, metric: str = "output_tokens_per_s", threshold: float = 0.05,
+            **quality: Any) -> "CompareResult":
+    """Per-step differences of a metric between two runs, with significance and regressions; quality_metric
+    and quality_threshold gate a quality figure the same way."""
     from analysis.compare import compare as _compare
 
-    return _compare(run_a, run_b, metric=metric, threshold=threshold)
+    return _compare(run_a, run_b, metric=metric, threshold=threshold, **quality)
 
 
-def compare_cli(run_a: Any, run_b: Any, metric: str = "output_tokens_per_s", threshold: float = 0.05) -> int:
+def compare_cli(run_a: Any, run_b: Any, metric: str = "output_tokens_per_s", threshold: float = 0.05,
+                **quality: Any) -> int:
     """Print the comparison as a table; return the exit code (1 on a regression beyond threshold)."""
     from analysis.compare import compare_cli as _cli
 
-    return _cli(run_a, run_b, metric=metric, threshold=threshold)
+    return _cli(run_a, run_b, metric=metric, threshold=threshold, **quality)
 
 
 __all__ = ["analyze", "render_reports", "compare", "compare_cli"]

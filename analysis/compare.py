@@ -11,6 +11,9 @@ chance alone is an unlikely explanation:
 - other metrics have no per-request values: their difference is shown untested.
 A regression is a change in the bad direction (lower throughput, higher latency) larger than the
 threshold (relative, 0.05 = 5%) that is significant, or untested.
+
+Quality is gated the same way (analysis.quality.compare): with a quality metric, each variant's
+figure in B against A; and every quality gate of B's plan that B failed is a regression.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from analysis.data import AnalysisError
 from analysis.pipeline import Analysis, compute
 from analysis.block_bootstrap import RESAMPLES, rate_draws
+from analysis.quality.compare import DEFAULT_THRESHOLD, GateFailure, QualityDiff, gate_failures, quality_diffs
 from analysis.speedup import interval, seed_for
 from loadtest.results import ResultsError, RunDir
 
@@ -66,20 +70,31 @@ class CompareResult:
     only_a: list[tuple[str, float]] = field(default_factory=list)
     only_b: list[tuple[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    quality_metric: Optional[str] = None
+    quality_threshold: Optional[float] = None
+    quality_rows: list[QualityDiff] = field(default_factory=list)
+    gate_failures: list[GateFailure] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[StepDiff]:
         return [r for r in self.rows if r.regression]
 
+    @property
+    def quality_regressions(self) -> list[QualityDiff]:
+        return [r for r in self.quality_rows if r.regression]
+
     def exit_code(self) -> int:
-        """0: no regression beyond the threshold; 1: at least one."""
-        return 1 if self.regressions else 0
+        """0: no regression beyond the thresholds and no failed quality gate; 1: at least one."""
+        return 1 if self.regressions or self.quality_regressions or self.gate_failures else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_a": self.run_a, "run_b": self.run_b, "metric": self.metric, "threshold": self.threshold,
                 "higher_is_better": self.higher_is_better, "rows": [r.to_dict() for r in self.rows],
                 "only_a": self.only_a, "only_b": self.only_b, "notes": self.notes,
-                "regressions": len(self.regressions)}
+                "regressions": len(self.regressions), "quality_metric": self.quality_metric,
+                "quality_threshold": self.quality_threshold, "quality_rows": [r.to_dict() for r in self.quality_rows],
+                "quality_regressions": len(self.quality_regressions),
+                "gate_failures": [g.to_dict() for g in self.gate_failures]}
 
 
 def _family(metric: str) -> Optional[str]:
@@ -132,8 +147,10 @@ def _load(run: Union[str, Path, RunDir]) -> Analysis:
 
 
 def compare(run_a: Union[str, Path, RunDir], run_b: Union[str, Path, RunDir], metric: str = "output_tokens_per_s",
-            threshold: float = 0.05) -> CompareResult:
-    """Run B against run A (the reference): per (variant, level) difference of `metric`, tested."""
+            threshold: float = 0.05, quality_metric: Optional[str] = None,
+            quality_threshold: Optional[float] = None) -> CompareResult:
+    """Run B against run A (the reference): per (variant, level) difference of `metric`, tested; with
+    `quality_metric`, per variant the difference of that quality figure; and B's failed quality gates."""
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0 (a relative change, 0.05 = 5%), got {threshold}")
     A, B = _load(run_a), _load(run_b)
@@ -184,11 +201,18 @@ def compare(run_a: Union[str, Path, RunDir], run_b: Union[str, Path, RunDir], me
                                  bool(better and significant is not False)))
     if not res.rows:
         res.notes.append("no variant and level is in both runs")
+    if quality_metric is not None:
+        qt = DEFAULT_THRESHOLD.get(quality_metric, 0.0) if quality_threshold is None else quality_threshold
+        res.quality_metric, res.quality_threshold = quality_metric, qt
+        res.quality_rows, q_notes = quality_diffs(A.quality, B.quality, quality_metric, qt, ("A", "B"))
+        res.notes += q_notes
+    res.gate_failures = gate_failures(B.quality)
     return res
 
 
 def compare_cli(run_a: Union[str, Path], run_b: Union[str, Path], metric: str = "output_tokens_per_s",
-                threshold: float = 0.05) -> int:
+                threshold: float = 0.05, quality_metric: Optional[str] = None,
+                quality_threshold: Optional[float] = None) -> int:
     """Print the comparison as a table; 0 when nothing regressed beyond the threshold, 1 when something
     did, 2 when a run cannot be read."""
     from rich.console import Console
@@ -197,7 +221,8 @@ def compare_cli(run_a: Union[str, Path], run_b: Union[str, Path], metric: str = 
 
     out = Console()
     try:
-        res = compare(run_a, run_b, metric=metric, threshold=threshold)
+        res = compare(run_a, run_b, metric=metric, threshold=threshold, quality_metric=quality_metric,
+                      quality_threshold=quality_threshold)
     except (ResultsError, ValueError) as exc:
         Console(stderr=True).print(Text(f"error: {exc}", style="bold red"), soft_wrap=True)  # a path stays whole
         return 2
@@ -205,9 +230,7 @@ def compare_cli(run_a: Union[str, Path], run_b: Union[str, Path], metric: str = 
     for col in ("variant", "level", "A", "B", "change", "95% interval", "p", "verdict"):
         t.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
     for r in res.rows:
-        verdict = ("REGRESSION" if r.regression else "improvement" if r.improvement
-                   else "not significant" if r.significant is False else "within threshold")
-        style = "bold red" if r.regression else ("green" if r.improvement else "")
+        verdict, style = _verdict(r)
         t.add_row(Text(r.variant), f"{r.level:g}", _n(r.a), _n(r.b), _pct(r.change),
                   f"{_pct(r.change_lo)} to {_pct(r.change_hi)}" if r.change_lo is not None else "–",
                   f"{r.p_value:.3g}" if r.p_value is not None else "–", Text(verdict, style=style))
@@ -216,12 +239,44 @@ def compare_cli(run_a: Union[str, Path], run_b: Union[str, Path], metric: str = 
         out.print(Text(f"only in A: {k[0]} at {k[1]:g}"))
     for k in res.only_b:
         out.print(Text(f"only in B: {k[0]} at {k[1]:g}"))
+    if res.quality_metric is not None:
+        out.print(_quality_table(res))
+    for g in res.gate_failures:
+        out.print(Text(f"QUALITY GATE FAILED in B: {g.variant} {g.gate} {g.limit:g} ({g.metric} = "
+                       f"{_n(g.value)})", style="bold red"))
     for n in res.notes:
         out.print(Text(f"note: {n}"))
     n = len(res.regressions)
     out.print(Text(f"{n} regression(s) beyond {threshold:.0%}" if n else f"no regression beyond {threshold:.0%}",
                    style="bold red" if n else "bold green"))
+    if res.quality_metric is not None:
+        nq = len(res.quality_regressions)
+        qt = f"{res.quality_threshold:g} ({res.quality_metric})"
+        out.print(Text(f"{nq} quality regression(s) beyond {qt}" if nq else f"no quality regression beyond {qt}",
+                       style="bold red" if nq else "bold green"))
     return res.exit_code()
+
+
+def _quality_table(res: CompareResult) -> Any:
+    """B's quality figure against A's per variant, with the interval of the change and the verdict."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=Text(f"{res.quality_metric}: {res.run_b} against {res.run_a}"), title_justify="left")
+    for col in ("variant", "A", "B", "change", "95% interval", "verdict"):
+        t.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
+    for r in res.quality_rows:
+        verdict, style = _verdict(r)
+        t.add_row(Text(r.variant), _n(r.a), _n(r.b), f"{r.change:+.4g}",
+                  f"{r.change_lo:+.4g} to {r.change_hi:+.4g}" if r.change_lo is not None else "–", Text(verdict, style=style))
+    return t
+
+
+def _verdict(r: Union[StepDiff, QualityDiff]) -> tuple[str, str]:
+    """A row's verdict word and its style."""
+    word = ("REGRESSION" if r.regression else "improvement" if r.improvement
+            else "not significant" if r.significant is False else "within threshold")
+    return word, "bold red" if r.regression else ("green" if r.improvement else "")
 
 
 def _n(x: Optional[float]) -> str:

@@ -217,11 +217,21 @@ def compare(
     threshold: float = typer.Option(0.05, "--threshold", min=0.0,
                                     help="relative change in the bad direction that counts as a regression "
                                          "(0.05: 5%)"),
+    quality_metric: Optional[str] = typer.Option(
+        None, "--quality-metric", "-q",
+        help="also gate a quality figure per variant: ppl_change_pct, kl_mean, accuracy_delta_points, "
+             "first_token_agreement, ... (an unknown name lists them all)"),
+    quality_threshold: Optional[float] = typer.Option(
+        None, "--quality-threshold", min=0.0,
+        help="change in the bad direction, in the quality figure's own units, that counts as a regression "
+             "(ppl_change_pct: percentage points; default per figure, e.g. 1.0 for ppl_change_pct)"),
 ) -> None:
-    """Run B against run A per variant and load level; exit 1 on a significant regression (for CI), 2 on bad input."""
+    """Run B against run A per variant and load level; exit 1 on a significant regression or a failed quality gate
+    of B's plan (for CI), 2 on bad input."""
     from analysis import compare_cli
 
-    code = compare_cli(run_a, run_b, metric=metric, threshold=threshold)
+    code = compare_cli(run_a, run_b, metric=metric, threshold=threshold, quality_metric=quality_metric,
+                       quality_threshold=quality_threshold)
     if code:
         raise typer.Exit(code)
 
