@@ -111,10 +111,12 @@ def quality_section(run_path: Path, plan: Optional[dict[str, Any]], speed_baseli
                "kl_tail": TAIL, "gates": gates, "variants": {}, "notes": notes}
     for v in order:
         section["variants"][v] = variant_entry(rows[v], base, settings)
+    chosen = settings.get("variants") if isinstance(settings.get("variants"), list) else None
     for v in variants or []:
         if v not in rows and rows:
-            section["variants"][v] = {"status": "missing", "reason": f"no quality/{v}/ in the run",
-                                      "message": f"quality not measured: no quality/{v}/ in the run",
+            why = "not listed in quality.variants" if chosen is not None and v not in chosen else \
+                f"no quality/{v}/ in the run"
+            section["variants"][v] = {"status": "missing", "reason": why, "message": f"quality not measured: {why}",
                                       "weights": None, "metrics": {}, "deltas": {}, "intervals": {}, "counts": {},
                                       "flags": [], "gates": [], "notes": []}
     return section
