@@ -117,7 +117,11 @@ same crossing on the 95% bootstrap bounds of the speedup. "from N": already belo
 </table></div>
 <p class="muted">Achieved TFLOP/s and TB/s per GPU are the window's increase of vLLM's own estimates
 (vllm:estimated_flops_per_gpu_total, vllm:estimated_read_bytes_per_gpu_total) over its length, "–" where
-the server does not expose them; the shares are of the datasheet peaks, {{ roofline_peaks }}.</p>{% endif %}
+the server does not expose them or never filled them (all zero: missing, not measured); the shares are of the
+datasheet peaks, {{ roofline_peaks }}.</p>
+{% if roofline_gap_table.rows %}<h3>Each step's gap to its bound</h3>
+<p class="muted">{{ roofline_gap_note }}</p>
+{{ table(roofline_gap_table) }}{% endif %}{% endif %}
 </section>
 
 <section id="server"><h2>Server-side series</h2>
@@ -343,6 +347,7 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
         "min_coverage": f"{MIN_COVERAGE:.0%}", "roofline_peaks": _peaks(a),
         "crosscheck_table": rt.crosscheck_table(a) if m.get("crosscheck") else None,
         "crosscheck_note": rt.crosscheck_note(),
+        "roofline_gap_table": rt.roofline_gap_table(a), "roofline_gap_note": rt.roofline_gap_note(),
         **_quality_context(a),
         "crosscheck_commands": [{"variant": v, "command": _command(argv, {})} for v, argv in crosscheck_commands(m)],
     }

@@ -131,6 +131,11 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
                      fmt.pct(r.slo_attainment), str(r.requests), str(r.errors)] + rt.lateness_cells(a, r))
     lines += _table(heads, rows) + [""]
 
+    gaps = rt.roofline_gap_table(a)
+    if gaps.rows:
+        lines += ["## Roofline: each step's gap to its bound", "", md(rt.roofline_gap_note()), ""]
+        lines += _shared_table(gaps) + [""]
+
     energy = rt.energy_table(a)
     if energy.rows:
         lines += ["## Energy", ""] + [f"- {md(s)}" for s in energy_sentences(a.energy, a.baseline)] + [""]

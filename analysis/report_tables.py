@@ -12,6 +12,7 @@ from typing import Any, Callable
 from analysis import fmt
 from analysis.crosscheck import CROSSCHECK_PCT, verdict_word
 from analysis.pipeline import Analysis
+from analysis.roofline_gap import gap_table
 
 
 @dataclass
@@ -88,3 +89,20 @@ def crosscheck_note() -> str:
             f"concurrency; compared with ridgeline's step at that concurrency (first repeat). Differences are "
             f"ridgeline against the bench, flagged beyond {CROSSCHECK_PCT:g}%. The bench counts its whole run "
             f"(ramp and tail included) and ridgeline its measured window, so short bench runs read lower.")
+
+
+def roofline_gap_table(a: Analysis) -> Table:
+    """Each step's measured decode step against its bound, split by the server's own counters."""
+    lvl = level_formatter(a)
+    rows = [Row([r.variant, lvl(r.level), r.regime, fmt.ratio(r.gap), fmt.ratio(r.work_ratio),
+                 fmt.ratio(r.ceiling_ratio), r.explanation])
+            for r in gap_table(a.roofline).itertuples(index=False)]
+    return Table(["variant", a.info.level_name(), "regime", "gap to bound", "work vs bound", "below ceiling",
+                  "why"], rows, text={0, 2, 6})
+
+
+def roofline_gap_note() -> str:
+    return ("gap = measured step / bound = (the server's bytes or FLOPs per step, its achieved rate times the "
+            "measured step, over what the bound counts) x (the ceiling over the server's achieved rate). Work above "
+            "1x: the server did more than the model counts (prefill in the window, dequantisation); below the "
+            "ceiling: kernels and gaps between steps. From vLLM's own counters, which need --enable-mfu-metrics.")

@@ -187,6 +187,11 @@ class _Step:
         t, _, d = self.deltas(name)
         return float(d[(t > a) & (t <= b)].sum())
 
+    def never_counted(self, names: tuple[str, ...]) -> bool:
+        """Whether a counter is absent or every sample of it in the step reads zero."""
+        name = self.pick(names)
+        return name is None or not np.any(self.value[self.rows[name]] != 0.0)
+
     def increase_per_engine(self, names: tuple[str, ...], a: float, b: float) -> float:
         """The increase of a per-GPU counter: summed within an engine, averaged over engines.
 
@@ -257,8 +262,10 @@ def step_server_metrics(st: Optional["_Step"], w0: float, w1: float) -> dict[str
     out["server_prompt_tokens_per_s"] = st.increase(PROMPT_TOKENS, a, b) / span
     hits, queries = st.increase(PREFIX_HITS, a, b), st.increase(PREFIX_QUERIES, a, b)
     out["prefix_cache_hit_rate"] = hits / queries if queries and queries > 0 else np.nan
-    out["achieved_flops_per_s"] = st.increase_per_engine(FLOPS, a, b) / span
-    out["achieved_read_bytes_per_s"] = st.increase_per_engine(READ_BYTES, a, b) / span
+    # a counter that never left zero was not filled (vLLM fills these only with --enable-mfu-metrics):
+    # missing, not a measurement of zero work
+    for key, names in (("achieved_flops_per_s", FLOPS), ("achieved_read_bytes_per_s", READ_BYTES)):
+        out[key] = np.nan if st.never_counted(names) else st.increase_per_engine(names, a, b) / span
 
     for h, bases in HISTOGRAMS.items():
         base = st.pick(tuple(n + "_bucket" for n in bases))

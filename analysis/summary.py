@@ -21,6 +21,7 @@ from analysis.energy import STEP_COLUMNS, energy_label, energy_sentences, source
 from analysis.pipeline import Analysis, compute, finite
 from analysis.quality.verdict import verdict_lines
 from analysis.roofline import explain
+from analysis.roofline_gap import gap_table
 from analysis.speedup import SLO_ATTAINMENT, interval
 from loadtest.results import (
     RunDir,
@@ -322,6 +323,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "quality": _quality_entry(a),
         "warnings": a.warnings,
         "failed_starts": failed_starts(info.manifest),
+        "roofline_gaps": [{k: _clean(x) for k, x in r.items()} for r in gap_table(a.roofline).to_dict(orient="records")],
     }
 
 

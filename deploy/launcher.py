@@ -42,6 +42,7 @@ class ServerCommand:
     startup_timeout_s: float = 900.0
     cwd: Optional[str] = None
     base_url: Optional[str] = None  # an external server's own URL (scheme, path prefix); else http://host:port
+    notes: dict[str, str] = field(default_factory=dict)  # what the manifest should say about how it was built
 
     @property
     def url(self) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from deploy.launcher import ServerCommand, free_port
 from deploy.variants import Variant, resolve
 from deploy.vllm_command import API_KEY_ENV, flag_name, served_name, vllm_argv
+from deploy.vllm_flags import mfu_args
 from loadtest.plan import Plan
 from loadtest.secrets import read_api_key
 
@@ -62,8 +63,10 @@ def server_commands(plan: Plan, ports: Optional[dict[str, int]] = None, api_key:
         env.update(dict(v.env))
         if key:
             env[API_KEY_ENV] = key
-        out.append(ServerCommand(v.name, vllm_argv(plan, v, host, port), env=env, host=host, port=port,
-                                 startup_timeout_s=plan.server.startup_timeout_s))
+        argv = vllm_argv(plan, v, host, port)
+        mfu, note = mfu_args(list(plan.server.program), plan.server.mfu_metrics, argv, env)
+        out.append(ServerCommand(v.name, argv + mfu, env=env, host=host, port=port,
+                                 startup_timeout_s=plan.server.startup_timeout_s, notes={"mfu_metrics": note}))
     return out
 
 

@@ -279,6 +279,8 @@ class ServerSpec(_Strict):
     # (GPU hosts see starts die for a passing reason: a library that fails to load once)
     start_retries: int = Field(default=1, ge=0, le=10)
     start_retry_pause_s: float = Field(default=30.0, ge=0)
+    # --enable-mfu-metrics fills vLLM's FLOP and byte counters; auto: where the installed vLLM accepts it
+    mfu_metrics: Literal["auto", "on", "off"] = "auto"
 
 
 class ScrapeSpec(_Strict):

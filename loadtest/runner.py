@@ -144,7 +144,7 @@ class Sweep:
     def _server_entry(self, cmd: launcher.ServerCommand) -> dict[str, Any]:
         v = resolve(self.plan.variant(cmd.variant))
         return {"argv": list(cmd.argv), "env": _mask_env(cmd.env), "url": cmd.url, "variant": v.to_dict(),
-                "log": f"logs/{cmd.variant}.log", "served": None}
+                "log": f"logs/{cmd.variant}.log", "served": None, **cmd.notes}
 
     def _start(self, cmd: launcher.ServerCommand) -> Optional[launcher.Server]:
         if not cmd.argv:  # external: nothing to start
