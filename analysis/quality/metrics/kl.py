@@ -35,9 +35,13 @@ TAIL = "top-k + rest bucket (lower bound)"
 def _probs(tokens: Sequence[Any], logprobs: Sequence[float]) -> dict[str, float]:
     """Token -> probability; a token listed twice (text tokens of two ids) keeps their sum."""
     out: dict[str, float] = {}
-    for t, lp in zip(tokens if tokens is not None else (), logprobs if logprobs is not None else ()):
+    if tokens is None or logprobs is None:
+        return out
+    toks = tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
+    lps = logprobs.tolist() if hasattr(logprobs, "tolist") else list(logprobs)
+    for t, lp in zip(toks, lps):
         if lp is not None and math.isfinite(lp):
-            out[str(t)] = out.get(str(t), 0.0) + math.exp(lp)
+            out[t] = out.get(t, 0.0) + math.exp(lp)
     return out
 
 
@@ -48,14 +52,13 @@ def position_kl(token: str, lp_b: float, lp_v: float, top_b: tuple[Sequence[Any]
     pb.setdefault(str(token), math.exp(lp_b))
     pv.setdefault(str(token), math.exp(lp_v))
     keep = [t for t in pb if t in pv]
-    p = np.array([pb[t] for t in keep], dtype=float)
-    q = np.array([pv[t] for t in keep], dtype=float)
-    p = np.append(p, max(1.0 - p.sum(), REST_FLOOR))
-    q = np.append(q, max(1.0 - q.sum(), REST_FLOOR))
-    p /= p.sum()
-    q /= q.sum()
-    nz = p > 0
-    return float(max(np.sum(p[nz] * (np.log(p[nz]) - np.log(q[nz]))), 0.0))
+    p = [pb[t] for t in keep]
+    q = [pv[t] for t in keep]
+    p.append(max(1.0 - sum(p), REST_FLOOR))
+    q.append(max(1.0 - sum(q), REST_FLOOR))
+    sp, sq = sum(p), sum(q)
+    kl = sum(a / sp * (math.log(a / sp) - math.log(b / sq)) for a, b in zip(p, q) if a > 0)
+    return max(kl, 0.0)
 
 
 class KL:
