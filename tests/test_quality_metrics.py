@@ -217,3 +217,13 @@ def test_unknown_scorer_and_bad_numeric_reference_are_clear_errors():
         scorer("fuzzy")
     with pytest.raises(QualityError, match="not a number"):
         SCORERS["numeric"]("5", "five", {})
+
+
+def test_a_partly_failed_variant_keeps_the_blocks_that_were_measured(tmp_path):
+    write_variant(tmp_path, "fp16", likelihood=_lik("a", [-1.0, -2.0]))
+    write_variant(tmp_path, "awq", status="failed", reason="greedy: server returned no tokens",
+                  likelihood=_lik("a", [-1.5, -2.5]))
+    e = quality_section(tmp_path, None, "fp16")["variants"]["awq"]
+    assert e["status"] == "failed" and "message" not in e
+    assert e["deltas"]["delta_nll"] == pytest.approx(0.5)
+    assert any("greedy: server returned no tokens" in n for n in e["notes"])

@@ -53,6 +53,11 @@ class VariantRows:
         return self.status == MEASURED
 
     @property
+    def has_rows(self) -> bool:
+        """Whether any table was written: a measured variant, or one whose other blocks failed."""
+        return any(t is not None and not t.empty for t in (self.likelihood, self.greedy, self.task))
+
+    @property
     def settings(self) -> dict[str, Any]:
         s = self.record.get("settings")
         return s if isinstance(s, dict) else {}
@@ -98,7 +103,7 @@ def read_variant(variant_dir: Path) -> VariantRows:
     rec = _read_record(rec_path)
     status = str(rec.get("status") or FAILED)
     rows = VariantRows(str(rec.get("variant") or variant), status, rec.get("reason"), rec.get("weights"), rec)
-    if status == MEASURED:
+    if status in (MEASURED, FAILED):  # a failed block leaves the others' tables
         rows.likelihood = _read_table(variant_dir / "likelihood.parquet", "likelihood")
         rows.greedy = _read_table(variant_dir / "greedy.parquet", "greedy")
         rows.task = _read_table(variant_dir / "task.parquet", "task")

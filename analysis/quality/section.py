@@ -63,17 +63,20 @@ def variant_entry(rows: VariantRows, base: Optional[VariantRows], settings: dict
                              "served_model": rows.record.get("served_model"),
                              "metrics": {}, "deltas": {}, "intervals": {}, "counts": {}, "flags": [], "gates": [],
                              "notes": []}
-    if not rows.measured:
+    if not rows.has_rows:
         entry["message"] = message(rows.status, rows.reason)
         return entry
+    if not rows.measured:
+        entry["notes"].append(message(rows.status, rows.reason) + "; the figures below are from the blocks that "
+                              "were measured")
     confidence = float(settings.get("confidence") or DEFAULT_CONFIDENCE)
     task = settings.get("task") if isinstance(settings.get("task"), dict) else {}
-    reference = base if base is not None and base.measured else rows
+    reference = base if base is not None and base.has_rows else rows
     try:
         figs = _figures(Pair(rows, reference, confidence, task))
     except QualityError as exc:
         return {**entry, "status": INVALID, "reason": str(exc), "message": message(INVALID, str(exc))}
-    entry.update(metrics=figs.metrics, intervals=figs.intervals, counts=figs.counts, notes=figs.notes)
+    entry.update(metrics=figs.metrics, intervals=figs.intervals, counts=figs.counts, notes=entry["notes"] + figs.notes)
     if reference is not rows:
         entry["deltas"] = figs.deltas
         reasons = broken_reasons(figs.deltas, figs.intervals)
@@ -101,7 +104,7 @@ def quality_section(run_path: Path, plan: Optional[dict[str, Any]], speed_baseli
         notes.append("the plan asks for quality, but the run has no quality rows (quality/ is missing)")
     elif base is None:
         notes.append(f"the quality baseline {baseline} has no quality rows: no variant has deltas")
-    elif not base.measured:
+    elif not base.has_rows:
         notes.append(f"the quality baseline {baseline} was not measured ({message(base.status, base.reason)}): "
                      f"no variant has deltas")
     gates = settings.get("gates") if isinstance(settings.get("gates"), dict) else {}

@@ -65,6 +65,8 @@ def quality_parts(entry: dict[str, Any], is_baseline: bool) -> list[str]:
         lo, hi = iv.get("accuracy", [None, None])
         parts.append(f"task accuracy {fmt.pct(m['accuracy'])}"
                      + (f" ({fmt.pct(lo)} to {fmt.pct(hi)})" if lo is not None and hi is not None else ""))
+    if entry.get("status") == "failed":
+        parts.append(f"some quality blocks failed ({entry.get('reason')})")
     parts += [describe(g) for g in entry.get("gates") or []]
     if "broken" in (entry.get("flags") or []):
         parts.append("BROKEN: " + "; ".join(entry.get("broken_reasons") or []))
