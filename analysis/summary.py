@@ -106,6 +106,10 @@ class Summary:
     def crossover(self) -> dict[str, dict[str, Optional[float]]]:
         return self.data["crossover"]
 
+    @property
+    def quality(self) -> Optional[dict[str, Any]]:
+        return self.data.get("quality")
+
     def to_dict(self) -> dict[str, Any]:
         return self.data
 

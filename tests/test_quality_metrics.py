@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from analysis.quality import intervals
@@ -12,6 +13,7 @@ from analysis.quality.metrics.kl import position_kl
 from analysis.quality.rows import QualityError, read_quality
 from analysis.quality.scorers import SCORERS, scorer
 from analysis.quality.section import quality_section
+from loadtest.results import atomic_write_table
 from tests.support.quality_rows import synthetic_likelihood, token, write_variant
 
 
@@ -227,3 +229,13 @@ def test_a_partly_failed_variant_keeps_the_blocks_that_were_measured(tmp_path):
     assert e["status"] == "failed" and "message" not in e
     assert e["deltas"]["delta_nll"] == pytest.approx(0.5)
     assert any("greedy: server returned no tokens" in n for n in e["notes"])
+
+
+def test_a_column_of_the_wrong_type_names_the_file(tmp_path):
+    write_variant(tmp_path, "fp16", likelihood=_lik("a", [-1.0]))
+    d = write_variant(tmp_path, "awq", likelihood=_lik("a", [-1.0]))
+    atomic_write_table(d / "likelihood.parquet", pa.table({
+        "doc_id": ["a"], "position": ["first"], "token": ["t"], "logprob": [-1.0], "top_tokens": [["t"]],
+        "top_logprobs": [[-1.0]]}))
+    e = quality_section(tmp_path, None, "fp16")["variants"]["awq"]
+    assert e["status"] == "invalid" and "likelihood.parquet" in e["reason"] and "position" in e["reason"]

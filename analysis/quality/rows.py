@@ -27,6 +27,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "greedy": ("prompt_id", "tokens", "text", "finish_reason"),
     "task": ("item_id", "prompt", "reference", "output"),
 }
+NUMERIC: dict[str, dict[str, str]] = {"likelihood": {"position": "int64", "logprob": "float64"}}
 MEASURED, NOT_MEASURED, FAILED = "measured", "not_measured", "failed"
 INVALID = "invalid"  # rows that were written but cannot be used (the reason names file and record)
 
@@ -91,6 +92,11 @@ def _read_table(path: Path, kind: str) -> Optional[pd.DataFrame]:
     df = table.to_pandas()
     for c in [c for c in COLUMNS[kind] if c.endswith("_id")]:
         df[c] = df[c].astype(str)
+    for c, typ in NUMERIC.get(kind, {}).items():
+        try:
+            df[c] = df[c].astype(typ)
+        except (TypeError, ValueError) as exc:
+            raise QualityError(f"{path}: column {c} does not hold {typ} values ({exc})") from None
     return df
 
 

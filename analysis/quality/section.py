@@ -74,8 +74,9 @@ def variant_entry(rows: VariantRows, base: Optional[VariantRows], settings: dict
     reference = base if base is not None and base.has_rows else rows
     try:
         figs = _figures(Pair(rows, reference, confidence, task))
-    except QualityError as exc:
-        return {**entry, "status": INVALID, "reason": str(exc), "message": message(INVALID, str(exc))}
+    except (QualityError, ValueError, TypeError) as exc:
+        why = str(exc) if isinstance(exc, QualityError) else f"{rows.variant}: {type(exc).__name__}: {exc}"
+        return {**entry, "status": INVALID, "reason": why, "message": message(INVALID, why)}
     entry.update(metrics=figs.metrics, intervals=figs.intervals, counts=figs.counts, notes=entry["notes"] + figs.notes)
     if reference is not rows:
         entry["deltas"] = figs.deltas
