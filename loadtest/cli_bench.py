@@ -41,6 +41,8 @@ def client(
     server_procs: int = typer.Option(1, "--server-procs", help="null server processes sharing its port"),
     timing_workers: int = typer.Option(0, "--timing-workers",
                                        help="also measure the timing error with the streams spread over N workers"),
+    placement: str = typer.Option("split", "--placement",
+                                  help="split: the null server on one CPU, both clients on the others; none: unpinned"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write every figure to this JSON file"),
 ) -> None:
     """Token events/s per core, timing error (p50/p99) at 64-512 streams, scaling over workers; vs vllm bench serve."""
@@ -53,7 +55,7 @@ def client(
         raise typer.Exit(2)
     cfg = BenchConfig(streams=levels, parse_seconds=seconds, timing_seconds=seconds, ttft_ms=ttft_ms, gap_ms=gap_ms,
                       vllm_python=vllm_python or None, skip_scaling=no_scaling,
-                      server_procs=server_procs, timing_workers=timing_workers)
+                      server_procs=server_procs, timing_workers=timing_workers, placement=placement)
     if cfg.vllm_python and not Path(cfg.vllm_python).exists():
         err.print(f"{cfg.vllm_python} not found: measuring ridgeline alone")
         cfg.vllm_python = None

