@@ -4,6 +4,7 @@ from gevent import monkey
 
 monkey.patch_all()  # Locust's users run on gevent; patch before anything opens a socket
 
+import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
@@ -135,8 +136,11 @@ def demo(
     if print_plan:
         sys.stdout.write(DEMO_PLAN)
         return
+    from loadtest.quality.measure import HOW_TO_MEASURE
+
     plan = _with_workers(demo_plan(), workers)
     _finish(_execute(plan, "<demo plan>", out_dir, quiet))
+    out.print(HOW_TO_MEASURE, soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
@@ -169,6 +173,59 @@ def run(
             print_command(cmd, out)
         return
     _finish(_execute(plan, str(plan_file), out_dir, quiet))
+
+
+@app.command()
+def quality(
+    plan_file: Path = typer.Argument(..., help="plan YAML with a quality: section"),
+    into: Optional[Path] = typer.Option(None, "--into", metavar="RUN_DIR",
+                                        help="add the quality rows to this run (measured with the same plan)"),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="results directory root (default: the plan's output_dir)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no live display"),
+) -> None:
+    """Only the quality half: start each variant's server, ask its eval sets, stop it; analyse and report."""
+    from loadtest.progress_view import LiveView
+    from loadtest.quality_run import run_quality
+    from loadtest.resume import ResumeError
+    from loadtest.results import ResultsError
+    from loadtest.runner import RunInterrupted
+
+    try:
+        plan = load_plan(plan_file)
+    except PlanError as exc:
+        _fail(str(exc))
+    if plan.quality is None:
+        _fail(f"{plan_file} has no quality: section; see docs/quality.md for what to give it")
+    if into is not None and out_dir is not None:
+        _fail("--into adds to an existing run; --out is for a new one: give one of them")
+    _preflight(plan)
+    with LiveView(err, enabled=not quiet) as view:
+        try:
+            path = run_quality(plan, str(plan_file), into=into, out_dir=out_dir, on_progress=view.update)
+        except ResumeError as exc:
+            _fail(str(exc))
+        except RunInterrupted as exc:
+            err.print(f"interrupted: what was measured is saved in {exc}", markup=False, highlight=False)
+            raise typer.Exit(130)
+        except ResultsError as exc:
+            _fail(f"results could not be written: {exc}", code=1)
+    if into is None and not json.loads((path / "manifest.json").read_text()).get("steps"):
+        _finish_quality_only(path)
+    else:
+        _finish(path)
+
+
+def _finish_quality_only(run_path: Path) -> None:
+    """A run with quality rows and no speed steps: report it where the analysis can, and say where the rows are."""
+    from analysis.data import AnalysisError
+
+    try:
+        _finish(run_path)
+    except AnalysisError as exc:
+        out.print(f"results: {run_path}", soft_wrap=True, markup=False, highlight=False)
+        out.print(f"quality rows: {run_path / 'quality'} (no speed steps, so no report: {exc}; measure speed and "
+                  f"quality together with `ridgeline run`, or add these to a run with --into)",
+                  soft_wrap=True, markup=False, highlight=False)
 
 
 def _resume_run(resume_dir: Path, plan_file: Optional[Path], force: bool, quiet: bool) -> None:

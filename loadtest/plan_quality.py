@@ -142,6 +142,7 @@ class TaskSpec(_EvalBlock):
     REQUIRED: ClassVar[tuple[str, ...]] = ("prompt", "reference")
     scorer: Literal["exact", "contains", "regex", "numeric"] = "contains"
     tolerance: float = Field(default=0.0, ge=0, description="numeric scorer: largest absolute difference that matches")
+    ignore_case: bool = Field(default=False, description="exact/contains/regex: compare without case")
     max_tokens: int = Field(default=32, ge=1)
     max_items: Optional[int] = Field(default=None, ge=1)
 

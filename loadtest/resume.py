@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Union
 import pyarrow.parquet as pq
 
 from loadtest.plan import Plan, PlanError, load_plan, parse_plan
+from loadtest.quality.measure import quality_todo
 from loadtest.records import STEP_COMPLETE
 from loadtest.results import ResultsError, RunDir
 
@@ -51,16 +52,19 @@ class ResumeState:
     redo: list[tuple[str, int, str]] = field(default_factory=list)  # (variant, step, why)
     changes: list[Change] = field(default_factory=list)
     total: int = 0
+    quality: list[str] = field(default_factory=list)  # variants whose quality is still to be measured
 
     @property
     def done(self) -> bool:
-        return len(self.keep) >= self.total and not self.redo
+        return len(self.keep) >= self.total and not self.redo and not self.quality
 
     def describe(self) -> str:
         lines = [f"resuming {self.run.path}: {len(self.keep)} of {self.total} steps kept, "
                  f"{self.total - len(self.keep)} to run"]
         for v, s, why in self.redo:
             lines.append(f"  - {v} step {s}: {why}")
+        if self.quality:
+            lines.append(f"  quality still to measure: {', '.join(self.quality)}")
         if self.changes:
             lines.append("  plan changed (forced): " + "; ".join(str(c) for c in self.changes))
         return "\n".join(lines)
@@ -148,7 +152,7 @@ def prepare(run_dir: Union[str, Path], plan_path: Optional[Union[str, Path]] = N
     levels = step_levels(plan)
     wanted = {(v.name, lv.index) for v in plan.variants for lv in levels}
     entries = {(s.get("variant"), s.get("step")): s for s in man.get("steps", []) if isinstance(s, dict)}
-    state = ResumeState(run, plan, source, changes=changes, total=len(wanted))
+    state = ResumeState(run, plan, source, changes=changes, total=len(wanted), quality=quality_todo(plan, run.path))
     for v in plan.variants:
         for lv in levels:
             s = entries.get((v.name, lv.index))

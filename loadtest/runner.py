@@ -34,6 +34,8 @@ from loadtest.results import ResultsError, RunDir, atomic_write_text, safe_child
 from loadtest.secrets import read_api_key, redact_obj, scrub_file
 from loadtest.exporter import ClientExporter, exporter_for
 from loadtest.prom_reader import step_series
+from loadtest.quality.measure import measure_variant, quality_done
+from loadtest.quality.rows import FAILED as QUALITY_FAILED
 from loadtest.scraper import Scraper
 from loadtest.telemetry import GpuSampler, Telemetry, write_telemetry
 from scenarios.openai_stream import Timeouts
@@ -235,7 +237,7 @@ class Sweep:
                 self.manifest["exporter"] = self.exporter.url
             for vi, cmd in enumerate(cmds):
                 todo = [lv for lv in self.levels if (cmd.variant, lv.index) not in skip]
-                if not todo:
+                if not todo and not self._wants_quality(cmd.variant):
                     continue
                 self.progress.variant, self.progress.variant_index = cmd.variant, vi + 1
                 self._run_variant(cmd, todo)
@@ -304,6 +306,8 @@ class Sweep:
                 self._step_entry(info)
             self.manifest["warnings"].append(f"variant {cmd.variant} skipped: its server did not start")
             self._save_manifest()
+            if self._wants_quality(cmd.variant):
+                self._quality(cmd, unavailable=f"server did not start: {str(exc).splitlines()[0]}")
             return
         try:
             if server is not None:
@@ -311,45 +315,74 @@ class Sweep:
                 entry["ready_s"] = round(time.time() - server.started, 2)
             entry["served"] = self._describe_served(cmd, server)
             self._save_manifest()
-            workload = build_workload(self.plan.scenario, self.plan.served_model_name or cmd.variant)
-            driver = self._make_driver(cmd, workload)
-            all_ok = True
-            try:
-                for lv in levels:
-                    ok = self._run_step(cmd, driver, lv)
-                    all_ok = all_ok and ok
-                    if not ok:
-                        if self.plan.server.on_failure == "restart" and server is not None:
-                            driver.close()
-                            self._stop(cmd.variant)
-                            try:
-                                server = self._start(cmd)
-                            except launcher.LaunchError as exc:
-                                self.manifest["warnings"].append(f"variant {cmd.variant}: restart failed: {exc}")
-                                for x in [x for x in levels if x.index > lv.index]:
-                                    self._step_entry(StepInfo(cmd.variant, x.index, x.concurrency, x.rate,
-                                                              STEP_FAILED, time.time(), ended=time.time(),
-                                                              repeat=x.repeat,
-                                                              error=f"skipped: the server did not restart: {exc}"))
-                                break
-                            entry["pid"] = server.pid
-                            entry.setdefault("restarts", []).append(time.time())
-                            self.manifest["warnings"].append(
-                                f"variant {cmd.variant}: server restarted after it died in step {lv.index}")
-                            driver = self._make_driver(cmd, workload)
-                            continue
-                        rest = [x for x in levels if x.index > lv.index]
-                        for x in rest:
-                            self._step_entry(StepInfo(cmd.variant, x.index, x.concurrency, x.rate, STEP_FAILED,
-                                                      time.time(), ended=time.time(), repeat=x.repeat,
-                                                      error="skipped: the server died in an earlier step"))
-                        break
-            finally:
-                driver.close()
-            if all_ok and crosscheck.applies(self.plan, cmd.variant) and (server is None or server.alive()):
-                self._crosscheck(cmd)
+            if levels:
+                all_ok = self._run_levels(cmd, server, levels)
+                if all_ok and crosscheck.applies(self.plan, cmd.variant) and (server is None or server.alive()):
+                    self._crosscheck(cmd)
+            if self._wants_quality(cmd.variant):  # while the server is up: never started twice for it
+                server = self._servers.get(cmd.variant)
+                dead = bool(cmd.argv) and (server is None or not server.alive())
+                self._quality(cmd, unavailable=f"server of {cmd.variant} is not running" if dead else None)
         finally:
             self._stop(cmd.variant)
+
+    def _run_levels(self, cmd: launcher.ServerCommand, server: Optional[launcher.Server],
+                    levels: list[StepLevel]) -> bool:
+        """The speed sweep's steps against the live server; False when a step failed."""
+        entry = self.manifest["servers"][cmd.variant]
+        workload = build_workload(self.plan.scenario, self.plan.served_model_name or cmd.variant)
+        driver = self._make_driver(cmd, workload)
+        all_ok = True
+        try:
+            for lv in levels:
+                ok = self._run_step(cmd, driver, lv)
+                all_ok = all_ok and ok
+                if not ok:
+                    if self.plan.server.on_failure == "restart" and server is not None:
+                        driver.close()
+                        self._stop(cmd.variant)
+                        try:
+                            server = self._start(cmd)
+                        except launcher.LaunchError as exc:
+                            self.manifest["warnings"].append(f"variant {cmd.variant}: restart failed: {exc}")
+                            for x in [x for x in levels if x.index > lv.index]:
+                                self._step_entry(StepInfo(cmd.variant, x.index, x.concurrency, x.rate,
+                                                          STEP_FAILED, time.time(), ended=time.time(),
+                                                          repeat=x.repeat,
+                                                          error=f"skipped: the server did not restart: {exc}"))
+                            break
+                        entry["pid"] = server.pid
+                        entry.setdefault("restarts", []).append(time.time())
+                        self.manifest["warnings"].append(
+                            f"variant {cmd.variant}: server restarted after it died in step {lv.index}")
+                        driver = self._make_driver(cmd, workload)
+                        continue
+                    rest = [x for x in levels if x.index > lv.index]
+                    for x in rest:
+                        self._step_entry(StepInfo(cmd.variant, x.index, x.concurrency, x.rate, STEP_FAILED,
+                                                  time.time(), ended=time.time(), repeat=x.repeat,
+                                                  error="skipped: the server died in an earlier step"))
+                    break
+        finally:
+            driver.close()
+        return all_ok
+
+    def _wants_quality(self, variant: str) -> bool:
+        q = self.plan.quality
+        return q is not None and q.measures(variant) and not quality_done(self.run.path, variant)
+
+    def _quality(self, cmd: launcher.ServerCommand, unavailable: Optional[str] = None) -> None:
+        """The plan's quality section against the variant's live server; a failure is recorded, never fatal."""
+        p = self.progress
+        p.phase, p.message = "quality", f"quality of {cmd.variant}"
+        self.on_progress(p)
+        record = measure_variant(self.plan, cmd, self.run.path, self.headers, unavailable=unavailable)
+        self.manifest.setdefault("quality", {})[cmd.variant] = {"status": record["status"], "reason": record["reason"]}
+        if record["status"] == QUALITY_FAILED:
+            self.manifest["warnings"].append(f"{cmd.variant}: quality not measured: {record['reason']}")
+        self._save_manifest()
+        if self._interrupted is not None:
+            raise RunInterrupted(self._interrupted)
 
     def _crosscheck(self, cmd: launcher.ServerCommand) -> None:
         """vllm bench serve against the same live server; its failure is recorded, never fatal."""

@@ -111,7 +111,7 @@ def test_cli_refuses_before_any_directory_or_server(tmp_path, monkeypatch):
     plan = tmp_path / "plan.yaml"
     plan.write_text(_plan("task", bad) + f"output_dir: {tmp_path / 'results'}\n")
     monkeypatch.chdir(tmp_path)
-    for args in (["run", str(plan)],):
+    for args in (["run", str(plan)], ["quality", str(plan)]):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 2, res.output
         assert f"eval file {bad}, line 2: missing key 'reference'" in " ".join(res.output.split())
