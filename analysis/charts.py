@@ -8,6 +8,7 @@ each variant keeps one colour in every chart.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -74,17 +75,46 @@ def _save(fig, path: Path, **margins: float) -> Path:
     return path
 
 
+def _finite(values: object, positive: bool = False) -> np.ndarray:
+    x = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(float)
+    x = x[np.isfinite(x)]
+    return x[x > 0] if positive else x
+
+
+def why_empty(a: Analysis) -> str:
+    """Why a run's curves have no point, in the words a reader can act on."""
+    st = a.steps
+    if not (st.status == "complete").any():
+        return "no step completed (see the warnings)"
+    done = st[st.status == "complete"]
+    if done.requests.fillna(0).sum() == 0:
+        return ("no request finished inside a measured window: the window is shorter than one request "
+                "(lengthen sweep.duration_s or use sweep.requests)")
+    return ("no measured request finished inside its window (a window shorter than one request leaves only "
+            "cancelled ones: lengthen sweep.duration_s or use sweep.requests)")
+
+
+def _note(ax, text: str) -> None:
+    """An empty panel that says why it is empty, instead of axes with nothing on them."""
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(label(text, 400), 48)), transform=ax.transAxes, ha="center",
+            va="center", fontsize=9, color="dimgrey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def _title(a: Analysis, text: str) -> str:
     return text + (" (emulator: modelled)" if a.info.backend == "emulator" else "")
 
 
 def throughput_chart(a: Analysis, path: Path) -> Optional[Path]:
     lv = a.levels
-    if lv.empty or lv.output_tokens_per_s.notna().sum() == 0:
-        return None
     plt = _plt()
     col = colours(a)
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    if lv.empty or not len(_finite(lv.output_tokens_per_s)):
+        _note(ax, f"No throughput to plot: {why_empty(a)}.")
+        ax.set_title(_title(a, "Throughput against load"), fontsize=10)
+        return _save(fig, path, left=0.11)
     for v in a.info.variants:
         g = lv[lv.variant == v].sort_values("level")
         if g.empty:
@@ -108,11 +138,15 @@ def throughput_chart(a: Analysis, path: Path) -> Optional[Path]:
 
 def speedup_chart(a: Analysis, path: Path) -> Optional[Path]:
     sp = a.speedups
-    if sp.empty or sp.speedup.notna().sum() == 0:
-        return None
+    if not [v for v in a.info.variants if v != a.baseline]:
+        return None  # one variant: the report says there is nothing to compare
     plt = _plt()
     col = colours(a)
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    if sp.empty or not len(_finite(sp.speedup)):
+        _note(ax, f"No speedup to plot: no load level has a throughput for both {a.baseline} and another variant.")
+        ax.set_title(_title(a, f"Speedup over {label(a.baseline)}"), fontsize=10)
+        return _save(fig, path, right=0.92)
     for v in a.info.variants:
         g = sp[sp.variant == v].sort_values("level")
         if g.empty:
@@ -140,14 +174,17 @@ def speedup_chart(a: Analysis, path: Path) -> Optional[Path]:
 
 def latency_chart(a: Analysis, path: Path) -> Optional[Path]:
     lv = a.levels
-    if lv.empty:
-        return None
     plt = _plt()
     col = colours(a)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     slo = {"ttft": a.info.slo.ttft_s, "itl": a.info.slo.itl_s, "e2e": a.info.slo.e2e_s}
     for ax, (key, name) in zip(axes, (("ttft", "time to first token"), ("itl", "inter-token gap"),
                                       ("e2e", "end-to-end latency"))):
+        ax.set_title(name, fontsize=10)
+        cols = [f"{key}_p50_s", f"{key}_p99_s"]
+        if lv.empty or not len(_finite(lv[cols].to_numpy().ravel(), positive=True)):
+            _note(ax, f"No {name} to plot: {why_empty(a)}.")
+            continue
         for v in a.info.variants:
             g = lv[lv.variant == v].sort_values("level")
             if g.empty:
@@ -160,19 +197,24 @@ def latency_chart(a: Analysis, path: Path) -> Optional[Path]:
         _xaxis(ax, a, lv.level)
         _plain_log(ax)
         ax.set_ylabel("seconds")
-        ax.set_title(name, fontsize=10)
-    axes[0].legend(fontsize="x-small", ncol=2)
+    drawn = [ax for ax in axes if ax.get_lines()]
+    if drawn:
+        drawn[0].legend(fontsize="x-small", ncol=2)
     fig.suptitle(_title(a, "Latency percentiles of measured requests"), fontsize=10)
     return _save(fig, path, left=0.06, right=0.99, bottom=0.14, top=0.85, wspace=0.28)
 
 
 def goodput_chart(a: Analysis, path: Path) -> Optional[Path]:
     lv = a.levels
-    if lv.empty:
-        return None
     plt = _plt()
     col = colours(a)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    if lv.empty or not len(_finite(lv.output_tokens_per_s)):
+        for ax in (ax1, ax2):
+            _note(ax, f"No goodput to plot: {why_empty(a)}.")
+        ax1.set_title("Goodput", fontsize=10)
+        ax2.set_title(label(f"SLO: {a.info.slo.describe()}", 90), fontsize=10)
+        return _save(fig, path, left=0.07, right=0.99, bottom=0.14, top=0.9, wspace=0.22)
     for v in a.info.variants:
         g = lv[lv.variant == v].sort_values("level")
         if g.empty:
