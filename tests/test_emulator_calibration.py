@@ -1,8 +1,8 @@
-"""The perf model against the H100 anchors, in simulated time: the story the emulator must tell."""
+"""The perf model against ridgeline's own H100 and H200 sweeps, in simulated time: the story the emulator must tell."""
 
 import pytest
 
-from deploy.emulator.calibration import ANCHORS, check, speedups
+from deploy.emulator.calibration import H100_MEASURED, check, speedups
 from deploy.emulator.sim import run_point
 
 
@@ -32,27 +32,39 @@ def test_fp8_kv_costs_a_little_alone_and_pays_at_high_concurrency(rows):
     assert sp[("fp8kv", 256)] > 1.05
 
 
-def test_anchored_throughput_and_itl_within_15_percent(rows):
+def test_measured_throughput_and_itl_within_15_percent(rows):
     checked = 0
     for r in rows:
         if r.anchor is None:
             continue
+        # GPTQ is modelled as AWQ's INT4 kernel; on the H100 GPTQ decoded 2-3% faster than AWQ up to 16
+        bound = 0.20 if r.variant == "gptq" else 0.15
         for key in ("tok_s", "itl_ms"):
             err = r.error(key)
             if err is not None:
                 checked += 1
-                assert abs(err) <= 0.15, (r.variant, r.concurrency, key, err)
-    assert checked >= 20
-    # and time to first token on an idle server
+                assert abs(err) <= bound, (r.variant, r.concurrency, key, err)
+    assert checked == 40
+    # and time to first token on an idle server (ridgeline's client read 18.9-20.0 ms there)
     for r in rows:
         if r.concurrency == 1 and r.anchor:
             assert abs(r.error("ttft_ms")) <= 0.15, (r.variant, r.error("ttft_ms"))
-            assert 20 <= r.predicted.median_ttft_ms <= 26
+            assert 18 <= r.predicted.median_ttft_ms <= 24
 
 
-def test_anchor_table_is_the_measured_one():
-    assert ANCHORS[("awq", 1)]["tok_s"] / ANCHORS[("fp16", 1)]["tok_s"] == pytest.approx(1.56, abs=0.01)
-    assert ANCHORS[("fp8kv", 256)]["tok_s"] / ANCHORS[("fp16", 256)]["tok_s"] == pytest.approx(1.12, abs=0.01)
+def test_the_emulated_h100_tells_the_measured_int4_story(rows):
+    # AWQ over fp16 on the real H100 (ridgeline's sweep, no prefix-cache hits): 1.57x at 1, 1.16x at
+    # 64 (the same server's vllm bench serve: 1.16x), 1.06x at 256
+    sp = speedups(rows)
+    assert sp[("awq", 1)] == pytest.approx(1.57, abs=0.03)
+    assert sp[("awq", 64)] == pytest.approx(1.16, abs=0.03)
+    assert sp[("awq", 256)] == pytest.approx(1.06, abs=0.03)
+
+
+def test_h100_table_is_the_measured_one():
+    # docs/results/h100-llama3-8b: awq 238 against fp16 152 tok/s at 1; fp8kv 10,192 against 9,269 at 256
+    assert H100_MEASURED[("awq", 1)]["tok_s"] / H100_MEASURED[("fp16", 1)]["tok_s"] == pytest.approx(1.57, abs=0.01)
+    assert H100_MEASURED[("fp8kv", 256)]["tok_s"] / H100_MEASURED[("fp16", 256)]["tok_s"] == pytest.approx(1.10, abs=0.01)
 
 
 def test_other_gpus_and_models_are_physically_consistent():

@@ -19,8 +19,9 @@ on small M-tiles, and is hidden behind the matrix products once the step is comp
 cache halves the attention bytes but converts on every read and quantizes the query, which costs a
 little per step and per byte.
 
-Every calibration constant lives in `Calibration`, each with the anchor it was fitted to
-(shared/anchors/h100_vllm_0.24: vLLM 0.24.0, Llama-3-8B, 512 prompt / 256 output tokens on one H100).
+Every calibration constant lives in `Calibration`, each with the measurement it was fitted to (vLLM
+0.24.0, Llama-3-8B, 512 prompt / 256 output tokens on one H100: ridgeline's own sweep for the INT4
+and API-server constants, the earlier bench anchors in shared/anchors/h100_vllm_0.24 for the rest).
 Fractions apply to the GPU's achievable ceilings from deploy/catalog.py, so other GPUs scale by
 their own datasheet figures.
 """
@@ -79,25 +80,29 @@ class Calibration:
     # step (every M-tile converts the weights again): dq0 + dq_per_token x min(tokens, dq_knee) seconds.
     # It is exposed while the kernel waits on memory and hidden behind tensor-core work once the
     # kernel is compute-bound: the exposed share is 1 / (1 + (compute / memory) ^ int4_hide_exp).
-    # Fitted; pinned by the AWQ ITL at concurrency 1, 4, 16 and 64 (4.08, 4.21, 4.59, 7.30 ms) and
-    # AWQ/fp16 throughput at 64 and 256 (1.16x, 1.13x). The naive int4 kernel of the layer table
+    # Refitted by hand to ridgeline's own H100 sweep (calibration.H100_MEASURED, no prefix-cache hits):
+    # pinned by AWQ/fp16 throughput at 1, 64 and 256 (1.57x, 1.16x, 1.06x) and the AWQ ITL at 1 and 64
+    # (4.11, 7.29 ms); its ITL at 16 comes out 13% high (5.16 against 4.58 ms), which a tax linear in
+    # the step's tokens cannot avoid while it fits 64. The naive int4 kernel of the layer table
     # (0.2x at M=64) is a different kernel and is not what vLLM runs. The constants are for
     # Llama-3-8B's 6.98e9 projection weights on the H100: the work scales with the weights, its fixed
     # part with the time to stream them (bandwidth) and its per-token part with the tensor-core peak.
-    int4_dq0_s: float = 1.16e-3
-    int4_dq_per_token_s: float = 29e-6
+    int4_dq0_s: float = 1.22e-3
+    int4_dq_per_token_s: float = 36e-6
     int4_dq_knee_tokens: float = 256.0
-    int4_hide_exp: float = 2.9
-    # INT4 tensor-core path as a share of gemm_eff once compute-bound. Fitted (AWQ TTFT at 16: 187 ms).
-    int4_mma_eff: float = 1.0
+    int4_hide_exp: float = 4.0
+    # INT4 tensor-core path as a share of gemm_eff once compute-bound. Fitted with the tax above: AWQ
+    # at 256 (9,846 tok/s, 1.06x fp16) is bound by its prefills and decode batches on the tensor cores.
+    int4_mma_eff: float = 1.03
     # FP8 weights (W8A8): per-token activation quantization, as extra bytes of traffic per token.
     # Not anchored: no end-to-end fp8-weight run exists (the layer table gives only the kernel side).
     fp8_act_quant_bytes_per_token: float = 0.0
     # The API server, one Python process: a fixed latency per request (HTTP, IPC) plus a FIFO queue
     # where each request (parse, tokenize, hand over) and each streamed token (detokenize, serialize,
-    # write) takes its turn. Fitted; pinned by the median TTFT at concurrency 1 (21-23 ms) and at 64
-    # and 256, where that process is busy (TTFT 0.3-1.2 s).
-    frontend_s: float = 3.5e-3
+    # write) takes its turn. Fitted; pinned by the median TTFT at concurrency 1 (19-20 ms from
+    # ridgeline's client on the H100, 20-23 ms from vllm bench serve) and at 64 and 256, where that
+    # process is busy (TTFT 0.3-1.2 s).
+    frontend_s: float = 2.0e-3
     frontend_req_s: float = 5.7e-3
     frontend_token_s: float = 57e-6
     # Elementwise activation traffic as a share of the unfused estimate in roofline.act_bytes_per_token.
@@ -119,12 +124,13 @@ DEFAULT_CALIBRATION = Calibration()
 # H200 (vLLM 0.24.0, ridgeline's own sweep of Llama-3-8B, 512/256 tokens, concurrency 1 to 256:
 # docs/results/h200-llama3-8b/). The INT4 kernel did not speed up with the bandwidth: AWQ's decode
 # step took 3.91 ms against the H100's 4.08, while fp16's went from 6.45 to 4.87 ms. So the fixed
-# part of the tax is the H100's in time (1.16 ms there; the model divides it by the bandwidth ratio,
+# part of the tax is the H100's in time (the H100 fit's 1.16 ms then; the model divides it by the bandwidth ratio,
 # hence 1.66e-3 here), and AWQ and GPTQ lose their gain by concurrency 64 (1.00x fp16, against 1.16x
 # on the H100): the tax hides less and grows faster with the step's tokens. Fitted by hand on the
 # 18 INT4 points (output tok/s within 14%; benchmarks/emulator_calibration.py --gpu h200).
 GPU_CALIBRATION: dict[str, dict[str, float]] = {
-    "h200": {"int4_dq0_s": 1.66e-3, "int4_hide_exp": 1.5, "int4_dq_per_token_s": 45e-6},
+    "h200": {"int4_dq0_s": 1.66e-3, "int4_hide_exp": 1.5, "int4_dq_per_token_s": 45e-6, "int4_mma_eff": 1.0,
+             "frontend_s": 3.5e-3},
 }
 
 
