@@ -9,7 +9,6 @@ fault shows up as a kind, not a traceback.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -20,6 +19,7 @@ from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 
 from loadtest.secrets import redact, secrets_in_headers
+from scenarios import sse_events
 
 # error kinds a record can carry
 E_CONNECT = "connect"  # could not connect or send
@@ -124,7 +124,7 @@ def stream_request(
         hdrs.update(headers)
     payload = json.dumps(body).encode()
     t0 = time.perf_counter() if t_send is None else t_send
-    st = _Stream(res, t0, t0 + timeouts.total_s, collect_text)
+    st = StreamParser(res, t0, t0 + timeouts.total_s, collect_text)
     st.timer = gevent.Timeout(timeouts.first_token_s, _FirstTokenTimeout)
     st.timer.start()
     resp = None
@@ -145,26 +145,13 @@ def stream_request(
             res.error_kind, res.error = E_HTTP, _short(f"HTTP {resp.status_code}: {text.strip()}")
             return res
         read_some = _reader(resp)
-        pending = b""
         while not st.stop:
             chunk = read_some()
             now = time.perf_counter()  # every event in this chunk came off the socket now
             if not chunk:
-                if pending.strip():
-                    st.line(pending, now)
-                if not st.stop:
-                    res.error_kind = E_DISCONNECT
-                    res.error = f"stream ended before [DONE] after {res.token_events} token events"
+                st.end(now)
                 break
-            if pending:
-                chunk = pending + chunk
-            lines = chunk.split(b"\n")
-            pending = lines.pop()
-            for line in lines:
-                if line:
-                    st.line(line, now)
-                    if st.stop:
-                        break
+            st.feed(chunk, now)
         res.e2e_s = st.last - t0 if res.token_events else time.perf_counter() - t0
         if res.done and res.error_kind is None:
             res.e2e_s = time.perf_counter() - t0
@@ -210,8 +197,11 @@ def stream_request(
             res.e2e_s = time.perf_counter() - t0
         if res.error and headers:  # a server may echo credentials back (a 401 body, an error event)
             res.error = redact(res.error, secrets_in_headers(headers))
-        st.timer.cancel()
-        if resp is not None and not res.ok:
+        if st.timer is not None:
+            st.timer.cancel()
+        if resp is not None and res.ok and _finish_message(resp):
+            resp.release()  # the body ended cleanly: the connection goes back to the pool for the next request
+        elif resp is not None:
             # a half-read stream cannot be reused: drop the connection
             try:
                 resp._sock and resp._sock.close()  # noqa: SLF001
@@ -221,6 +211,34 @@ def stream_request(
                 resp.release()
             except Exception:  # noqa: BLE001
                 pass
+
+
+# how long a finished stream may take to end its HTTP body after [DONE] before its connection is dropped
+END_OF_BODY_S = 0.1
+
+
+def _finish_message(resp) -> bool:  # noqa: ANN001
+    """Read what is left of the HTTP body after [DONE] (the last chunk's terminator); True when it ended.
+
+    A response left unread is discarded with its socket, so without this every request opened a
+    new connection (a connect, a name lookup in gevent's thread pool, the server's accept), which
+    the reference client, keeping its connections, does not pay.
+    """
+    if getattr(resp, "message_complete", False):
+        return True
+    sock = getattr(resp, "_sock", None)
+    if sock is None or not hasattr(resp, "feed"):
+        return False
+    try:
+        with gevent.Timeout(END_OF_BODY_S, False):
+            while not resp.message_complete:
+                data = sock.recv(RECV_BLOCK)
+                if not data:
+                    return False
+                resp.feed(data)
+    except Exception:  # noqa: BLE001 - a bad ending costs the connection, never the measured request
+        return False
+    return bool(resp.message_complete)
 
 
 def _reader(resp):  # noqa: ANN001, ANN202
@@ -252,23 +270,43 @@ def _reader(resp):  # noqa: ANN001, ANN202
     return read_some
 
 
-# Byte patterns of the common token event (vLLM, OpenAI): JSON escapes quotes inside strings, so
-# none of these can be faked by generated text.
-_TEXT = b'"text":"'
-_CONTENT = b'"delta":{"content":"'
-_SLOW = re.compile(rb'"(?:error"|usage":\{|role"|tool_calls"|reasoning_content")')
+class StreamParser:
+    """Parse state of one response body: splits it into SSE lines, counts token events, keeps the clocks.
 
+    `feed` takes body bytes as they came off the socket, cut anywhere, with the time they came;
+    every event completed by those bytes is stamped with that time. `timer`, when set, is the
+    first-token timeout, swapped for the total timeout at the first token.
+    """
 
-class _Stream:
-    """Parse state of one response: counts token events and keeps the clocks."""
+    __slots__ = ("res", "t0", "deadline", "collect", "timer", "last", "stop", "pending")
 
-    __slots__ = ("res", "t0", "deadline", "collect", "timer", "last", "stop")
-
-    def __init__(self, res: StreamResult, t0: float, deadline: float, collect: bool):
+    def __init__(self, res: StreamResult, t0: float, deadline: float, collect: bool = False):
         self.res, self.t0, self.deadline, self.collect = res, t0, deadline, collect
-        self.timer: gevent.Timeout
+        self.timer: Optional[gevent.Timeout] = None
         self.last = t0
         self.stop = False
+        self.pending = b""  # the start of a line whose end has not arrived
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        if self.pending:
+            chunk = self.pending + chunk
+        lines = chunk.split(b"\n")
+        self.pending = lines.pop()
+        for line in lines:
+            if line:
+                self.line(line, now)
+                if self.stop:
+                    return
+
+    def end(self, now: float) -> None:
+        """The body ended: a last line without its newline still counts; no [DONE] is a disconnect."""
+        if self.pending.strip() and not self.stop:
+            self.line(self.pending, now)
+        self.pending = b""
+        if not self.stop:
+            res = self.res
+            res.error_kind = E_DISCONNECT
+            res.error = f"stream ended before [DONE] after {res.token_events} token events"
 
     def line(self, line: bytes, now: float) -> None:
         res = self.res
@@ -282,58 +320,39 @@ class _Stream:
             res.done = True
             self.stop = True
             return
-        if not self.collect and data[-1:] == b"}" and b'"choices":[{' in data:
-            n = _fast_text_len(data)
-            if n >= 0:
-                self.token(now)
-                res.text_chars += n
-                return
-        self.slow(data, now)
+        try:
+            ev = sse_events.decode(data)
+        except sse_events.BadEvent as exc:
+            res.error_kind, res.error = E_PROTOCOL, _short(exc)
+            self.stop = True
+            return
+        if ev.error is not None:
+            err = ev.error
+            res.error_kind = E_SERVER
+            res.error = _short(err.get("message", err) if isinstance(err, dict) else err)
+            self.stop = True
+            return
+        if ev.token:
+            self.token(now)
+            res.text_chars += len(ev.text)
+            if res.text is not None and ev.text:
+                res.text.append(ev.text)
+        if ev.usage is not None:
+            res.prompt_tokens = _count(ev.usage.get("prompt_tokens"), res.prompt_tokens)
+            res.completion_tokens = _count(ev.usage.get("completion_tokens"), res.completion_tokens)
 
     def token(self, now: float) -> None:
         res = self.res
         if res.token_events == 0:
             res.ttft_s = now - self.t0
-            self.timer.cancel()
-            self.timer = gevent.Timeout(max(self.deadline - now, 0.001), _TotalTimeout)
-            self.timer.start()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = gevent.Timeout(max(self.deadline - now, 0.001), _TotalTimeout)
+                self.timer.start()
         else:
             res.itl_s.append(now - self.last)
         self.last = now
         res.token_events += 1
-
-    def slow(self, data: bytes, now: float) -> None:
-        res = self.res
-        try:
-            ev = json.loads(data)
-        except ValueError:
-            res.error_kind, res.error = E_PROTOCOL, _short(f"event is not JSON: {data[:200]!r}")
-            self.stop = True
-            return
-        if not isinstance(ev, dict):
-            res.error_kind, res.error = E_PROTOCOL, _short(f"event is not an object: {data[:200]!r}")
-            self.stop = True
-            return
-        if "error" in ev and not ev.get("choices"):
-            err = ev["error"]
-            res.error_kind = E_SERVER
-            res.error = _short(err.get("message", err) if isinstance(err, dict) else err)
-            self.stop = True
-            return
-        choices = ev.get("choices")
-        if choices and isinstance(choices, list) and isinstance(choices[0], dict) and _is_token_event(choices[0]):
-            self.token(now)
-            c0 = choices[0]
-            txt = c0.get("text")
-            if txt is None:
-                txt = (c0.get("delta") or {}).get("content") or ""
-            res.text_chars += len(txt)
-            if res.text is not None and txt:
-                res.text.append(txt)
-        usage = ev.get("usage")
-        if isinstance(usage, dict):
-            res.prompt_tokens = _count(usage.get("prompt_tokens"), res.prompt_tokens)
-            res.completion_tokens = _count(usage.get("completion_tokens"), res.completion_tokens)
 
 
 def _count(v: Any, old: Optional[int]) -> Optional[int]:
@@ -341,36 +360,3 @@ def _count(v: Any, old: Optional[int]) -> Optional[int]:
     if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31:
         return v
     return old
-
-
-def _fast_text_len(data: bytes) -> int:
-    """Length of the text of a plain token event without parsing it, or -1 to parse it fully."""
-    if data[:1] != b"{":
-        return -1
-    i = data.find(_TEXT)
-    if i >= 0:
-        i += len(_TEXT)
-    else:
-        i = data.find(_CONTENT)
-        if i < 0:
-            return -1
-        i += len(_CONTENT)
-    j = data.find(b'"', i)
-    if j < 0 or b"\\" in data[i:j]:
-        return -1  # escapes: let the JSON parser count the characters
-    if _SLOW.search(data) is not None:
-        return -1
-    text = data[i:j]
-    return j - i if text.isascii() else len(text.decode("utf-8", "replace"))  # characters, as the slow path counts
-
-
-def _is_token_event(choice: dict[str, Any]) -> bool:
-    """A choice that carries generated output: completions `text`, or a chat delta with content."""
-    if "text" in choice:
-        return True
-    delta = choice.get("delta")
-    if not isinstance(delta, dict):
-        return False
-    if "role" in delta and not delta.get("content"):
-        return False  # the role-only opening event of a chat stream carries no token
-    return "content" in delta or "reasoning_content" in delta or "tool_calls" in delta
