@@ -657,9 +657,14 @@ def parse_plan(text: str, source: str = "<plan>") -> Plan:
     if not isinstance(data, dict):
         raise PlanError(source, [("(top)", 1, f"expected a mapping of keys, got {type(data).__name__}")])
     try:
-        return Plan.model_validate(data)
+        plan = Plan.model_validate(data)
     except ValidationError as err:
         raise PlanError(source, _problems(err, _line_index(text))) from None
+    bad = plan.quality.eval_file_problems() if plan.quality is not None else []
+    if bad:  # the eval files are read now, before anything starts
+        lines = _line_index(text)
+        raise PlanError(source, [(key, lines.get(tuple(key.split("."))), why) for key, why in bad])
+    return plan
 
 
 def load_plan(path: Union[str, Path]) -> Plan:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 SCORERS = ("exact", "contains", "regex", "numeric")
 
@@ -108,13 +108,6 @@ class _EvalBlock(_Strict):
     file: str
     REQUIRED: ClassVar[tuple[str, ...]] = ()
 
-    @field_validator("file")
-    @classmethod
-    def _readable(cls, v: str) -> str:
-        # the message carries file, line and reason; PlanError adds the plan's key path and line
-        read_eval_file(v, cls.REQUIRED)
-        return v
-
     def records(self) -> list[EvalRecord]:
         return read_eval_file(self.file, self.REQUIRED)
 
@@ -198,3 +191,18 @@ class QualitySpec(_Strict):
 
     def measures(self, variant: str) -> bool:
         return self.variants is None or variant in self.variants
+
+    def eval_file_problems(self) -> list[tuple[str, str]]:
+        """(key path, what is wrong) for each eval file that cannot be used.
+
+        Checked when a plan is loaded to be run, not whenever the schema validates one: a results
+        directory analysed on another machine must not need the eval files.
+        """
+        out = []
+        for name, block in self.blocks().items():
+            if isinstance(block, _EvalBlock):
+                try:
+                    read_eval_file(block.file, block.REQUIRED)
+                except EvalFileError as exc:
+                    out.append((f"quality.{name}.file", str(exc)))
+        return out

@@ -19,6 +19,10 @@ import pytest
 from deploy import launcher
 from deploy.launcher import ServerCommand
 from loadtest.plan import Plan
+from loadtest.plan_quality import LmEvalSpec
+from loadtest.quality.base import Context
+from loadtest.quality.client import QualityClient
+from loadtest.quality.lm_eval import harness_argv
 from loadtest.quality.measure import measure_variant, quality_done, read_status
 from tests.support.quality_fault_server import expected_logprob, word_ids
 from tests.support.vllm_plan import serving
@@ -132,3 +136,28 @@ def test_server_dying_midway_is_a_failure_not_a_crash(fault_server, tmp_path):
     assert rec["status"] == "failed"
     assert "no usable answer after 2 attempts" in rec["reason"]
     assert (tmp_path / "run/quality/v/quality.json").exists()
+
+
+def test_lm_eval_harness_argv_points_at_the_variants_server(tmp_path):
+    """The harness's command line (the harness itself is not installed here: its run is not tested)."""
+    task = tmp_path / "mytask.yaml"
+    task.write_text("task: my_facts\ndataset_path: json\n")
+    spec = LmEvalSpec(tasks=["hellaswag", str(task)], limit=10, program=["lm_eval"])
+    client = QualityClient("http://127.0.0.1:9/", concurrency=3, retries=2)
+    argv = harness_argv(Context(client, "m", "http://127.0.0.1:9/", spec, "v"), tmp_path / "out")
+    assert argv[:3] == ["lm_eval", "--model", "local-completions"]
+    args = dict(kv.split("=", 1) for kv in argv[argv.index("--model_args") + 1].split(","))
+    assert args["base_url"] == "http://127.0.0.1:9/v1/completions" and args["model"] == "m"
+    assert args["num_concurrent"] == "3" and args["max_retries"] == "2"
+    assert argv[argv.index("--tasks") + 1] == "hellaswag,my_facts"
+    assert argv[argv.index("--include_path") + 1] == str(tmp_path)
+    assert argv[argv.index("--limit") + 1] == "10"
+
+
+def test_lm_eval_missing_harness_is_a_clear_failure(fault_server, tmp_path):
+    srv = fault_server("none")
+    plan = Plan.model_validate({"name": "q", "backend": "external", "variants": [{"name": "v", "url": srv.url}],
+                                "quality": {"lm_eval": {"tasks": ["x"], "program": ["no-such-lm-eval-program"]}}})
+    rec = measure_variant(plan, ServerCommand("v", [], base_url=srv.url), tmp_path / "run")
+    assert rec["status"] == "failed"
+    assert rec["reason"].startswith("lm_eval: lm-eval harness not found ('no-such-lm-eval-program')")

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loadtest.cli import app
-from loadtest.plan import PlanError, load_plan, parse_plan
+from loadtest.plan import Plan, PlanError, load_plan, parse_plan
 from loadtest.plan_quality import EvalFileError, read_eval_file
 
 PLAN = """\
@@ -118,3 +118,11 @@ def test_cli_refuses_before_any_directory_or_server(tmp_path, monkeypatch):
     assert not (tmp_path / "results").exists()
     with pytest.raises(PlanError):
         load_plan(plan)
+
+
+def test_schema_alone_does_not_need_the_eval_files(tmp_path):
+    """A results directory's plan is re-validated by the analysis, maybe on another machine: the files
+    are read when a plan is loaded to be run, not by the schema."""
+    gone = tmp_path / "moved-away.jsonl"
+    plan = Plan.model_validate({"variants": [{"name": "a"}], "quality": {"greedy": {"file": str(gone)}}})
+    assert plan.quality.eval_file_problems() == [("quality.greedy.file", f"eval file {gone}: no such file")]
