@@ -39,6 +39,9 @@ def client(
                                                    "(empty: skip)"),
     no_scaling: bool = typer.Option(False, "--no-scaling", help="skip the 1 vs 2 worker processes run"),
     server_procs: int = typer.Option(1, "--server-procs", help="null server processes sharing its port"),
+    auto_workers: int = typer.Option(2, "--auto-workers",
+                                     help="where one process times worse than vllm bench serve, measure again "
+                                          "with this many worker processes (0: never)"),
     timing_workers: int = typer.Option(0, "--timing-workers",
                                        help="also measure the timing error with the streams spread over N workers"),
     placement: str = typer.Option("split", "--placement",
@@ -55,7 +58,8 @@ def client(
         raise typer.Exit(2)
     cfg = BenchConfig(streams=levels, parse_seconds=seconds, timing_seconds=seconds, ttft_ms=ttft_ms, gap_ms=gap_ms,
                       vllm_python=vllm_python or None, skip_scaling=no_scaling,
-                      server_procs=server_procs, timing_workers=timing_workers, placement=placement)
+                      server_procs=server_procs, timing_workers=timing_workers, placement=placement,
+                      auto_workers=auto_workers)
     if cfg.vllm_python and not Path(cfg.vllm_python).exists():
         err.print(f"{cfg.vllm_python} not found: measuring ridgeline alone")
         cfg.vllm_python = None
