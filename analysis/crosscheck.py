@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.agreement import AGREEMENT_PCT
+from analysis.prefix_cache import hit_rate, leaked
 from loadtest.results import ResultsError, safe_child
 
 CROSSCHECK_PCT = AGREEMENT_PCT
@@ -35,7 +36,8 @@ EXTRA = {"completed": ("bench_completed", 1.0), "failed": ("bench_failed", 1.0),
 COLUMNS = (["variant", "concurrency", "num_prompts", "status", "note", "file", "step", "repeat"]
            + [f"{side}_{col}" for key, col, _, _ in PAIRS for side in ("ridgeline", "bench")]
            + [f"{key}_diff_pct" for key, *_ in PAIRS] + [f"{key}_flagged" for key, *_ in PAIRS]
-           + [col for col, _ in EXTRA.values()])
+           + [col for col, _ in EXTRA.values()]
+           + ["ridgeline_prefix_cache_hit_rate", "bench_prefix_cache_hit_rate", "prefix_cache_flagged"])
 LABELS = {"output_tokens": "output tokens/s", "ttft": "TTFT p50", "itl": "ITL p50"}
 
 
@@ -86,10 +88,13 @@ def _row(root: Path, steps: pd.DataFrame, variant: str, level: dict, warnings: l
                file=level.get("file") if isinstance(level.get("file"), str) else None, step=None, repeat=None)
     for key, *_ in PAIRS:
         row[f"{key}_flagged"] = False
+    row["bench_prefix_cache_hit_rate"] = hit_rate(level.get("prefix_cache_queries"), level.get("prefix_cache_hits"))
+    row["prefix_cache_flagged"] = leaked(row["bench_prefix_cache_hit_rate"])
     notes = []
     r = _ridgeline_step(steps, variant, conc) if math.isfinite(conc) else None
     if r is not None:
         row.update(step=int(r["step"]), repeat=int(r["repeat"] or 0))
+        row["ridgeline_prefix_cache_hit_rate"] = _num(r.get("prefix_cache_hit_rate"))
         for key, col, _, _ in PAIRS:
             row[f"ridgeline_{col}"] = _num(r.get(col))
         if r["status"] != "complete":
@@ -157,9 +162,15 @@ def verdict_word(row: Any) -> str:
                 "no ridgeline step": "no ridgeline step"}.get(row.status, str(row.status))
     flagged = [LABELS[key] for key, *_ in PAIRS if getattr(row, f"{key}_flagged")]
     if flagged:
-        return f"differs beyond {CROSSCHECK_PCT:g}%: " + ", ".join(flagged)
+        return f"differs beyond {CROSSCHECK_PCT:g}%: " + ", ".join(flagged) + _leak_word(row)
     compared = [key for key, *_ in PAIRS if math.isfinite(getattr(row, f"{key}_diff_pct"))]
-    return f"agrees within {CROSSCHECK_PCT:g}%" if compared else "nothing to compare"
+    word = f"agrees within {CROSSCHECK_PCT:g}%" if compared else "nothing to compare"
+    return word + _leak_word(row)
+
+
+def _leak_word(row: Any) -> str:
+    rate = getattr(row, "bench_prefix_cache_hit_rate", math.nan)
+    return f"; the bench hit the prefix cache ({rate:.1%})" if getattr(row, "prefix_cache_flagged", False) else ""
 
 
 def commands(manifest: dict[str, Any]) -> list[tuple[str, list[str]]]:

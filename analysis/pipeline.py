@@ -21,11 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis import energy as en
+from analysis import fmt
 from analysis import server_metrics as sm
 from analysis.agreement import agreement_columns
 from analysis.block_bootstrap import rate_draws
 from analysis.crosscheck import crosscheck_table
 from analysis.data import AnalysisError, RunInfo, load_run
+from analysis.prefix_cache import leak_warnings
 from analysis.quality.rows import quality_files
 from analysis.quality.section import quality_section
 from analysis.roofline import Roofline, analyse_roofline
@@ -244,7 +246,8 @@ def _compute(info: RunInfo) -> Analysis:
                         roofline=roof, series=ser, errors=errs, energy=energy, crosscheck=cc, requests=requests,
                         draws=draws, level_draws=level_draws)
     analysis.quality, q_warnings = _quality(info)
-    analysis.warnings = list(dict.fromkeys(_warnings(analysis) + step_warnings + cc_warnings + q_warnings))
+    leaks = leak_warnings(steps, cc, info.plan, lambda x: f"{info.level_name()} {fmt.level(x, info.mode)}")
+    analysis.warnings = list(dict.fromkeys(_warnings(analysis) + step_warnings + cc_warnings + q_warnings + leaks))
     return analysis
 
 

@@ -298,7 +298,7 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
                      fmt.seconds(r.itl_p99_s), fmt.seconds(r.tpot_p50_s), fmt.seconds(r.e2e_p50_s),
                      fmt.seconds(r.e2e_p99_s), str(r.requests), str(r.errors), str(r.cancelled),
                      fmt.num(r.server_running_mean), fmt.num(r.server_waiting_mean), fmt.pct(r.kv_cache_usage_mean, 1),
-                     fmt.num(r.preemptions), fmt.pct(r.prefix_cache_hit_rate)] + rt.lateness_cells(a, r)
+                     fmt.num(r.preemptions), fmt.pct(r.prefix_cache_hit_rate, 1)] + rt.lateness_cells(a, r)
             rows.append({"cells": cells, "bad": r.status != "complete" or r.errors > 0})
         step_tables.append({"variant": v, "rows": rows, "note": served_problem(a, v) or ""})
 

@@ -120,7 +120,7 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
 
     lines += ["## Per step", ""]
     heads = ["variant", word, "status", "out tok/s", "95% interval", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
-             "e2e p50", "goodput tok/s", "SLO met", "requests", "errors"] + rt.lateness_headers(a)
+             "e2e p50", "goodput tok/s", "SLO met", "requests", "errors", "prefix hit"] + rt.lateness_headers(a)
     rows = []
     for r in a.steps.itertuples(index=False):
         d = a.draws.get((r.variant, int(r.step)))
@@ -128,7 +128,8 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
         rows.append([md(r.variant), lvl(r.level), md(r.status), fmt.num(r.output_tokens_per_s), fmt.interval(lo, hi),
                      fmt.seconds(r.ttft_p50_s), fmt.seconds(r.ttft_p99_s), fmt.seconds(r.itl_p50_s),
                      fmt.seconds(r.itl_p99_s), fmt.seconds(r.e2e_p50_s), fmt.num(r.goodput_tokens_per_s),
-                     fmt.pct(r.slo_attainment), str(r.requests), str(r.errors)] + rt.lateness_cells(a, r))
+                     fmt.pct(r.slo_attainment), str(r.requests), str(r.errors),
+                     fmt.pct(r.prefix_cache_hit_rate, 1)] + rt.lateness_cells(a, r))
     lines += _table(heads, rows) + [""]
 
     gaps = rt.roofline_gap_table(a)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from analysis import fmt
 from analysis.crosscheck import CROSSCHECK_PCT, verdict_word
 from analysis.pipeline import Analysis
+from analysis.prefix_cache import LEAK_PCT, expects_hits, leaked
 from analysis.roofline_gap import gap_table
 
 
@@ -70,7 +71,8 @@ def _watts(x: Any) -> str:
 def crosscheck_table(a: Analysis) -> Table:
     """ridgeline's step against vllm bench serve at the same concurrency, differences in percent."""
     headers = ["variant", "concurrency", "prompts", "verdict", "ridgeline out tok/s", "bench out tok/s", "diff",
-               "ridgeline TTFT p50", "bench TTFT p50", "diff", "ridgeline ITL p50", "bench ITL p50", "diff", "note"]
+               "ridgeline TTFT p50", "bench TTFT p50", "diff", "ridgeline ITL p50", "bench ITL p50", "diff",
+               "ridgeline prefix hit", "bench prefix hit", "note"]
     rows = []
     for r in a.crosscheck.itertuples(index=False):
         cells = [r.variant, fmt.level(r.concurrency), fmt.num(r.num_prompts), verdict_word(r),
@@ -78,17 +80,23 @@ def crosscheck_table(a: Analysis) -> Table:
                  fmt.signed_pct(r.output_tokens_diff_pct),
                  fmt.seconds(r.ridgeline_ttft_p50_s), fmt.seconds(r.bench_ttft_p50_s), fmt.signed_pct(r.ttft_diff_pct),
                  fmt.seconds(r.ridgeline_itl_p50_s), fmt.seconds(r.bench_itl_p50_s), fmt.signed_pct(r.itl_diff_pct),
+                 fmt.pct(r.ridgeline_prefix_cache_hit_rate, 1), fmt.pct(r.bench_prefix_cache_hit_rate, 1),
                  r.note or ""]
         flagged = {i for i, key in ((6, "output_tokens"), (9, "ttft"), (12, "itl")) if getattr(r, f"{key}_flagged")}
+        flagged |= {14} if r.prefix_cache_flagged else set()
+        flagged |= {13} if leaked(r.ridgeline_prefix_cache_hit_rate) and not expects_hits(a.info.plan) else set()
         rows.append(Row(cells, flagged, bad=r.status != "ok"))
-    return Table(headers, rows, text={0, 3, 13})
+    return Table(headers, rows, text={0, 3, 15})
 
 
 def crosscheck_note() -> str:
     return (f"The same server, right after ridgeline's sweep of the variant, measured by vllm bench serve at each "
             f"concurrency; compared with ridgeline's step at that concurrency (first repeat). Differences are "
             f"ridgeline against the bench, flagged beyond {CROSSCHECK_PCT:g}%. The bench counts its whole run "
-            f"(ramp and tail included) and ridgeline its measured window, so short bench runs read lower.")
+            f"(ramp and tail included) and ridgeline its measured window, so short bench runs read lower. "
+            f"Prefix hit: the share of prompt tokens the server's prefix cache served (ridgeline's window; the "
+            f"bench's level, from the counters read around it), flagged beyond {LEAK_PCT:g}% where the traffic "
+            f"shares no prefix; each level sends prompts of its own seed.")
 
 
 def roofline_gap_table(a: Analysis) -> Table:

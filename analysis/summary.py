@@ -20,6 +20,7 @@ from analysis.crosscheck import verdict_word
 from analysis.energy import STEP_COLUMNS, energy_label, energy_sentences, sources_of
 from analysis.pipeline import Analysis, compute, finite
 from analysis.quality.verdict import verdict_lines
+from analysis.prefix_cache import leak_sentence
 from analysis.roofline import explain
 from analysis.roofline_gap import gap_table
 from analysis.speedup import SLO_ATTAINMENT, interval
@@ -209,6 +210,9 @@ def verdict(a: Analysis) -> str:
         parts.append(text + ".")
     elif a.capacity:
         parts.append(f"No step of any variant met the SLO ({info.slo.describe()}) for {SLO_ATTAINMENT:.0%} of requests.")
+    leak = leak_sentence(a.steps, a.crosscheck, info.plan)
+    if leak:
+        parts.append(leak)
     why = _roofline_sentence(a)
     if why:
         parts.append("In roofline terms: " + why)

@@ -18,6 +18,7 @@ import sys
 import urllib.parse
 from typing import Any, Optional
 
+from deploy import prefix_cache
 from deploy.launcher import ServerCommand, free_port
 from deploy.variants import Variant, resolve
 from deploy.vllm_command import API_KEY_ENV, flag_name, served_name, vllm_argv
@@ -59,11 +60,12 @@ def server_commands(plan: Plan, ports: Optional[dict[str, int]] = None, api_key:
         env = dict(VLLM_BASE_ENV)
         if gpus.get(v.name) is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus[v.name]
+        env.update(prefix_cache.server_env(plan.server.prefix_cache))
         env.update(plan.server.env)
         env.update(dict(v.env))
         if key:
             env[API_KEY_ENV] = key
-        argv = vllm_argv(plan, v, host, port)
+        argv = vllm_argv(plan, v, host, port) + prefix_cache.server_args(plan.server.prefix_cache)
         mfu, note = mfu_args(list(plan.server.program), plan.server.mfu_metrics, argv, env)
         out.append(ServerCommand(v.name, argv + mfu, env=env, host=host, port=port,
                                  startup_timeout_s=plan.server.startup_timeout_s, notes={"mfu_metrics": note}))

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from deploy.prefix_cache import RESET_PATH
 from loadtest.plan import CrossCheckSpec, Plan
 from loadtest.results import RunDir, safe_child
 from loadtest.secrets import redact, scrub_file
+from scenarios.unique import derived_seed
 
 MARK = "ridgeline-crosscheck "  # prefix of the status lines the script prints
 
@@ -35,18 +37,58 @@ except ImportError:
 from vllm.benchmarks.serve import add_cli_args, main
 """
 # Runs under vLLM's interpreter: one process for every level (vLLM's import is the slow part).
+# Around each level it reads the server's prefix-cache counters (tokens queried and hit; the
+# un-prefixed name wins over the older gpu_ one), and with a reset URL empties the cache first.
 SCRIPT = BENCH_IMPORTS + r"""
+import os, re, urllib.request
+KEY = os.environ.get("OPENAI_API_KEY")  # the same key the bench sends, from the environment
+HEADERS = {"Authorization": "Bearer " + KEY} if KEY else {}
+
+def prefix_counters(url):
+    if not url:
+        return None
+    try:
+        req = urllib.request.Request(url, headers=HEADERS)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except Exception:
+        return None
+    seen = {}
+    for line in text.splitlines():
+        m = re.match(r"vllm:(gpu_)?prefix_cache_(queries|hits)_total(?:\{[^}]*\})?\s+(\S+)", line)
+        if m:
+            key = (m.group(1) or "", m.group(2))
+            seen[key] = seen.get(key, 0.0) + float(m.group(3))
+    for old in ("", "gpu_"):
+        if (old, "queries") in seen:
+            return {"queries": seen[(old, "queries")], "hits": seen.get((old, "hits"), 0.0)}
+    return None
+
+def reset(url):
+    try:
+        req = urllib.request.Request(url, data=b"", method="POST", headers=HEADERS)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return None if 200 <= resp.status < 300 else f"answered {resp.status}"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
 spec = json.loads(sys.argv[1])
 for level in spec["levels"]:
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     status = {"concurrency": level["concurrency"], "status": "ok", "error": None}
+    if spec.get("reset_url"):
+        status["prefix_cache_reset"] = reset(spec["reset_url"]) or "ok"
+    before = prefix_counters(spec.get("metrics_url"))
     try:
         main(parser.parse_args(spec["common"] + level["args"]))
     except BaseException as exc:
         status.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, KeyboardInterrupt):
             raise
+    after = prefix_counters(spec.get("metrics_url"))
+    if before is not None and after is not None and after["queries"] >= before["queries"]:
+        status["prefix_cache"] = {k: after[k] - before[k] for k in ("queries", "hits")}
     print("ridgeline-crosscheck " + json.dumps(status), flush=True)
 """
 
@@ -67,9 +109,15 @@ def interpreter(plan: Plan) -> str:
     return "python3"
 
 
-def bench_args(plan: Plan, url: str, model: str, out_dir: Path) -> dict[str, Any]:
+def level_seed(plan: Plan, salt: str, concurrency: int) -> int:
+    """The bench's dataset seed at one level: new prompts at every level, variant and run (a repeated
+    seed resends the earlier levels' prompts, which the server then answers from its prefix cache)."""
+    return derived_seed("crosscheck", plan.scenario.seed, salt, concurrency) % (2 ** 31)
+
+
+def bench_args(plan: Plan, url: str, model: str, out_dir: Path, salt: str = "") -> dict[str, Any]:
     """Arguments of every level: the same lengths, API and sampling as the sweep's scenario (whose fixed
-    lengths and tokenizer the plan's validation makes sure of)."""
+    lengths and tokenizer the plan's validation makes sure of), each level with a seed of its own."""
     cc: CrossCheckSpec = plan.crosscheck  # type: ignore[assignment]
     sc = plan.scenario
     backend = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions"] if sc.api == "chat" else \
@@ -77,7 +125,7 @@ def bench_args(plan: Plan, url: str, model: str, out_dir: Path) -> dict[str, Any
     common = backend + [
         "--base-url", url, "--model", model, "--tokenizer", str(sc.tokenizer),
         "--dataset-name", "random", "--random-input-len", str(sc.prompt_tokens.value),
-        "--random-output-len", str(sc.output_tokens.value), "--seed", str(sc.seed),
+        "--random-output-len", str(sc.output_tokens.value),
         "--temperature", f"{sc.temperature:g}", "--percentile-metrics", "ttft,tpot,itl,e2el",
         "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(out_dir), "--disable-tqdm",
     ]
@@ -89,10 +137,12 @@ def bench_args(plan: Plan, url: str, model: str, out_dir: Path) -> dict[str, Any
     if extra:
         common += ["--extra-body", json.dumps(extra)]
     levels = [{"concurrency": c, "num_prompts": cc.prompts_at(i),
+               "seed": level_seed(plan, salt, c),
                "args": ["--max-concurrency", str(c), "--num-prompts", str(cc.prompts_at(i)),
-                        "--result-filename", f"c{c}.json"]}
+                        "--seed", str(level_seed(plan, salt, c)), "--result-filename", f"c{c}.json"]}
               for i, c in enumerate(cc.concurrency)]
-    return {"common": common, "levels": levels}
+    return {"common": common, "levels": levels, "metrics_url": url.rstrip("/") + "/metrics",
+            "reset_url": url.rstrip("/") + RESET_PATH if plan.server.prefix_cache == "reset" else None}
 
 
 def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
@@ -102,7 +152,7 @@ def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
     out_dir = safe_child(run.path, "crosscheck", variant)
     out_dir.mkdir(parents=True, exist_ok=True)
     entry: dict[str, Any] = {"started": time.time(), "ended": None, "argv": None, "levels": []}
-    spec = bench_args(plan, url, model, out_dir)
+    spec = bench_args(plan, url, model, out_dir, salt=f"{run.path.name}/{variant}")
     argv = [interpreter(plan), "-c", SCRIPT, json.dumps(spec)]
     entry["argv"] = [argv[0], "-c", "<crosscheck script>", *spec["common"]]
     env = dict(os.environ)
@@ -118,8 +168,11 @@ def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
         st = statuses.get(c, {"status": "failed", "error": error or "vllm bench serve did not report this level"})
         f = out_dir / f"c{c}.json"
         ok = st["status"] == "ok" and f.is_file()
+        counted = st.get("prefix_cache") if isinstance(st.get("prefix_cache"), dict) else {}
         entry["levels"].append({
-            "concurrency": c, "num_prompts": lv["num_prompts"],
+            "concurrency": c, "num_prompts": lv["num_prompts"], "seed": lv["seed"],
+            "prefix_cache_queries": counted.get("queries"), "prefix_cache_hits": counted.get("hits"),
+            "prefix_cache_reset": st.get("prefix_cache_reset"),
             "file": f.relative_to(run.path).as_posix() if f.is_file() else None,
             "status": "ok" if ok else "failed",
             "error": None if ok else redact(st.get("error") or "no result file written", secrets),

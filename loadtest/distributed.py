@@ -87,7 +87,7 @@ class DistributedDriver:
     """The Driver protocol over a Locust master and `workers` worker processes."""
 
     def __init__(self, plan, url: str, timeouts: Timeouts, headers: Optional[dict[str, str]] = None,  # noqa: ANN001
-                 workers: int = 2, model: Optional[str] = None, bind: Optional[str] = None,
+                 workers: int = 2, model: Optional[str] = None, bind: Optional[str] = None, salt: Optional[str] = None,
                  remote: Optional[bool] = None, connect_timeout_s: float = 60.0):
         if workers < 1:
             raise ValueError("a distributed driver needs at least one worker")
@@ -97,6 +97,7 @@ class DistributedDriver:
         self.headers = headers
         self.n = workers
         self.model = model or plan.served_model_name or _served_model(url, headers) or plan.model
+        self.salt = salt  # names the run and variant: each worker's prompts are new to the server
         bind = bind or os.environ.get("RIDGELINE_MASTER_BIND", "127.0.0.1:0")
         host, _, port = bind.rpartition(":")
         self.bind_host = host or "127.0.0.1"
@@ -181,7 +182,7 @@ class DistributedDriver:
                 "timeouts": [t.connect_s, t.first_token_s, t.total_s], "headers": self.headers,
                 "arrival": sw.arrival, "burstiness": sw.burstiness,
                 "max_concurrency": (max(1, sw.max_concurrency // self.n) if sw.max_concurrency else None),
-                "seed": self.plan.scenario.seed, "index": i, "workers": self.n,
+                "seed": self.plan.scenario.seed, "index": i, "workers": self.n, "salt": self.salt,
             }, client_id=cid)
         deadline = time.time() + self.connect_timeout_s
         while len(self._ready) < self.n:
@@ -392,7 +393,7 @@ class Worker:
         try:
             spec = ScenarioSpec.model_validate(d["scenario"])
             index = int(d["index"])
-            workload = build_workload(spec, d["model"], seed=spec.seed + 7919 * index)
+            workload = build_workload(spec, d["model"], seed=spec.seed + 7919 * index, salt=d.get("salt"))
             timeouts = Timeouts(*d["timeouts"])
             self.driver = LocalDriver(d["url"], workload, timeouts, d.get("headers"), arrival=d["arrival"],
                                       burstiness=d["burstiness"], max_concurrency=d.get("max_concurrency"),

@@ -103,6 +103,12 @@ class ScenarioSpec(_Strict):
 
     _len = field_validator("prompt_tokens", "output_tokens", mode="before")(_coerce_length)
 
+    @property
+    def expects_prefix_hits(self) -> bool:
+        """Whether this traffic reuses prefixes on purpose (shared system prompts, resent chat history);
+        otherwise a prefix-cache hit is a leak between requests that the numbers should not contain."""
+        return self.shared_prefix is not None or self.turns > 1
+
     @model_validator(mode="before")
     @classmethod
     def _builtin(cls, data: Any) -> Any:
@@ -281,6 +287,9 @@ class ServerSpec(_Strict):
     start_retry_pause_s: float = Field(default=30.0, ge=0)
     # --enable-mfu-metrics fills vLLM's FLOP and byte counters; auto: where the installed vLLM accepts it
     mfu_metrics: Literal["auto", "on", "off"] = "auto"
+    # vLLM's prefix cache: on (its default), off (--no-enable-prefix-caching), or reset before every step
+    # and cross-check level (POST /reset_prefix_cache, development mode) for a strict A/B
+    prefix_cache: Literal["on", "off", "reset"] = "on"
 
 
 class ScrapeSpec(_Strict):

@@ -19,7 +19,7 @@ import gevent
 import greenlet
 import psutil
 
-from deploy import launcher
+from deploy import launcher, prefix_cache
 from deploy.render.prometheus import publish_targets
 from deploy.start_retry import StartFailed, start_with_retries
 from deploy.variants import resolve
@@ -330,7 +330,8 @@ class Sweep:
                     levels: list[StepLevel]) -> bool:
         """The speed sweep's steps against the live server; False when a step failed."""
         entry = self.manifest["servers"][cmd.variant]
-        workload = build_workload(self.plan.scenario, self.plan.served_model_name or cmd.variant)
+        workload = build_workload(self.plan.scenario, self.plan.served_model_name or cmd.variant,
+                                  salt=self._salt(cmd.variant))
         driver = self._make_driver(cmd, workload)
         all_ok = True
         try:
@@ -400,13 +401,17 @@ class Sweep:
                 f"{cmd.variant}: vllm bench serve cross-check incomplete{levels}: {str(why).splitlines()[0]}")
         self._save_manifest()
 
+    def _salt(self, variant: str) -> str:
+        """What makes this run's prompts to a variant's server its own (scenarios/unique.py)."""
+        return f"{self.run.path.name}/{variant}/{len(self.manifest.get('resumes') or [])}"
+
     def _make_driver(self, cmd: launcher.ServerCommand, workload) -> Driver:  # noqa: ANN001
         sw = self.plan.sweep
         if self.plan.workers > 0:
             from loadtest.distributed import DistributedDriver
 
             return DistributedDriver(self.plan, cmd.url, self.timeouts, self.headers, self.plan.workers,
-                                     model=self.plan.served_model_name or cmd.variant)
+                                     model=self.plan.served_model_name or cmd.variant, salt=self._salt(cmd.variant))
         return LocalDriver(cmd.url, workload, self.timeouts, self.headers, arrival=sw.arrival,
                            burstiness=sw.burstiness, max_concurrency=sw.max_concurrency, seed=self.plan.scenario.seed)
 
@@ -415,6 +420,10 @@ class Sweep:
         sw = self.plan.sweep
         p = self.progress
         server = self._servers.get(cmd.variant)
+        if self.plan.server.prefix_cache == "reset":  # a strict A/B: nothing cached from the step before
+            err = prefix_cache.reset(cmd.url, self.headers)
+            if err:
+                self.manifest["warnings"].append(f"{cmd.variant} step {lv.index}: prefix cache not reset: {err}")
         gpu = self._gpu_sampler(cmd)  # opening a source and its first reading stay out of the step's clock
         gpu.new_step(lv.index)
         gpu.poll(force=True)

@@ -12,6 +12,8 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
+from scenarios.unique import HEAD_TOKENS
+
 WORDS = (
     "the of and to in is for on that with as it at by from this be are or an was not but have "
     "all can has more one will which their there if about they so what when up out into time "
@@ -47,12 +49,19 @@ class Prompter(Protocol):
 
 
 class WordPrompter:
-    """One common word per token: no tokenizer needed, the count is approximate."""
+    """One common word per token: no tokenizer needed, the count is approximate.
+
+    Every text starts with HEAD_TOKENS words from the prompter's own head stream (scenarios/unique.py)."""
 
     exact = False
 
+    def __init__(self, head_seed: int = 0):
+        self.heads = np.random.default_rng(head_seed)
+
     def text(self, n_tokens: int, rng: np.random.Generator) -> str:
-        return synthetic_words(n_tokens, rng)
+        n = max(int(n_tokens), 1)
+        head = synthetic_words(min(HEAD_TOKENS, n), self.heads)
+        return head if n <= HEAD_TOKENS else head + " " + synthetic_words(n - HEAD_TOKENS, rng)
 
     def count(self, text: str) -> int:
         # words for our own text; about four characters a token for anyone else's
@@ -72,8 +81,9 @@ class TokenizerPrompter:
     exact = True
     _CORPUS_WORDS = 20000
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, head_seed: int = 0):
         self.path = str(path)
+        self.heads = np.random.default_rng(head_seed)
         self.tok = load_tokenizer(path)
         rng = np.random.default_rng(12345)
         corpus = synthetic_words(self._CORPUS_WORDS, rng)
@@ -87,7 +97,10 @@ class TokenizerPrompter:
 
     def text(self, n_tokens: int, rng: np.random.Generator) -> str:
         n = max(int(n_tokens), 1)
-        ids = self._window(n, rng)
+        # a head of its own first: windows of the one corpus that start at the same offset would
+        # otherwise begin with the same cache block
+        head = self.tok.encode(synthetic_words(HEAD_TOKENS, self.heads), add_special_tokens=False).ids[:min(n, HEAD_TOKENS)]
+        ids = head + (self._window(n - len(head), rng) if n > len(head) else [])
         want = n
         for _ in range(8):
             text = self.tok.decode(ids[:want], skip_special_tokens=True)
@@ -141,6 +154,6 @@ def load_tokenizer(path: str):  # noqa: ANN201 - tokenizers.Tokenizer
         raise ScenarioError(f"scenario.tokenizer {path}: {f.name} cannot be loaded: {exc}") from None
 
 
-def make_prompter(tokenizer: Optional[str]) -> Prompter:
+def make_prompter(tokenizer: Optional[str], head_seed: int = 0) -> Prompter:
     """An exact prompter for a tokenizer directory, else the approximate word prompter."""
-    return TokenizerPrompter(tokenizer) if tokenizer else WordPrompter()
+    return TokenizerPrompter(tokenizer, head_seed) if tokenizer else WordPrompter(head_seed)

@@ -21,6 +21,7 @@ from loadtest.plan import ScenarioSpec
 from scenarios.datasets import Dataset, Turn, load_dataset
 from scenarios.lengths import sample_lengths
 from scenarios.prompts import Prompter, ScenarioError, make_prompter
+from scenarios.unique import head_seed
 
 __all__ = ["RequestSpec", "Workload", "ScenarioError", "build_workload", "sampling_fields", "request_for"]
 
@@ -109,11 +110,12 @@ class _Base:
 
     kind = "synthetic"
 
-    def __init__(self, spec: ScenarioSpec, model: str, seed: Optional[int] = None):
+    def __init__(self, spec: ScenarioSpec, model: str, seed: Optional[int] = None, salt: Optional[str] = None):
         self.spec = spec
         self.model = model
-        self.rng = np.random.default_rng(spec.seed if seed is None else seed)
-        self.prompter: Prompter = make_prompter(spec.tokenizer)
+        seed = spec.seed if seed is None else seed
+        self.rng = np.random.default_rng(seed)
+        self.prompter: Prompter = make_prompter(spec.tokenizer, head_seed(seed, salt))
         self.exact_prompt_tokens = self.prompter.exact
         self.lengths = _Lengths(spec, self.rng)
 
@@ -154,8 +156,8 @@ class SharedPrefixWorkload(_Base):
 
     kind = "shared_prefix"
 
-    def __init__(self, spec: ScenarioSpec, model: str, seed: Optional[int] = None):
-        super().__init__(spec, model, seed)
+    def __init__(self, spec: ScenarioSpec, model: str, seed: Optional[int] = None, salt: Optional[str] = None):
+        super().__init__(spec, model, seed, salt)
         sp = spec.shared_prefix
         assert sp is not None
         self.sp = sp
@@ -194,8 +196,8 @@ class DatasetWorkload(_Base):
 
     kind = "dataset"
 
-    def __init__(self, spec: ScenarioSpec, model: str, seed: Optional[int] = None):
-        super().__init__(spec, model, seed)
+    def __init__(self, spec: ScenarioSpec, model: str, seed: Optional[int] = None, salt: Optional[str] = None):
+        super().__init__(spec, model, seed, salt)
         assert spec.dataset
         self.dataset: Dataset = load_dataset(spec.dataset, spec.dataset_format)
         if spec.output_tokens.dist == "dataset" and self.dataset.format == "prompts":
@@ -337,15 +339,19 @@ class MultiTurnWorkload:
         return d
 
 
-def build_workload(spec: ScenarioSpec, model: str, seed: Optional[int] = None) -> Workload:
-    """The workload a plan's scenario asks for; raises ScenarioError before any server starts."""
+def build_workload(spec: ScenarioSpec, model: str, seed: Optional[int] = None, salt: Optional[str] = None) -> Workload:
+    """The workload a plan's scenario asks for; raises ScenarioError before any server starts.
+
+    salt (the run and the variant) seeds the heads that make every generated prompt new to the
+    server (scenarios/unique.py); the rest of the traffic follows the seed alone.
+    """
     inner: _Base
     if spec.dataset:
-        inner = DatasetWorkload(spec, model, seed)
+        inner = DatasetWorkload(spec, model, seed, salt)
     elif spec.shared_prefix is not None:
-        inner = SharedPrefixWorkload(spec, model, seed)
+        inner = SharedPrefixWorkload(spec, model, seed, salt)
     else:
-        inner = SyntheticWorkload(spec, model, seed)
+        inner = SyntheticWorkload(spec, model, seed, salt)
     if spec.turns > 1:
         return MultiTurnWorkload(inner)
     return inner
