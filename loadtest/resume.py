@@ -206,7 +206,8 @@ def merge_manifest(current: dict[str, Any], old: dict[str, Any], state: ResumeSt
     merged["steps"] = kept + redo  # the re-run ones are replaced as they run
     redo_steps = {(v, s) for v, s, _ in state.redo}
     before = list(merged["warnings"])
-    merged["warnings"] = [w for w in before if _still_true(w, redo_steps)]
+    asked_again = tuple(f"{v}: quality not measured" for v in state.quality)  # its quality is measured again
+    merged["warnings"] = [w for w in before if _still_true(w, redo_steps) and not w.startswith(asked_again)]
     merged["resumes"] = list(old.get("resumes", [])) + [{
         "at": time.time(), "kept": len(state.keep),
         "rerun": [f"{v}/{s}" for v, s, _ in state.redo],

@@ -18,6 +18,7 @@ def test_demo_tells_the_h100_story(tmp_path):
     assert len(runs) == 1
     run = runs[0]
     assert str(run / "report.html") in res.stdout  # it says where the report is
+    assert "quality is not measured on the emulator" in res.stdout and "ridgeline quality plan.yaml" in res.stdout
     s = json.loads((run / "summary.json").read_text())
     assert s["backend"] == "emulator" and s["baseline"] == "fp16"
     sp, cross = s["speedup"], s["crossover"]

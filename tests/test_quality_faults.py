@@ -24,6 +24,8 @@ from loadtest.quality.base import Context
 from loadtest.quality.client import QualityClient
 from loadtest.quality.lm_eval import harness_argv
 from loadtest.quality.measure import measure_variant, quality_done, read_status
+from loadtest.resume import prepare, resume
+from loadtest.runner import Sweep, new_run_dir
 from tests.support.quality_fault_server import expected_logprob, word_ids
 from tests.support.vllm_plan import serving
 
@@ -161,3 +163,28 @@ def test_lm_eval_missing_harness_is_a_clear_failure(fault_server, tmp_path):
     rec = measure_variant(plan, ServerCommand("v", [], base_url=srv.url), tmp_path / "run")
     assert rec["status"] == "failed"
     assert rec["reason"].startswith("lm_eval: lm-eval harness not found ('no-such-lm-eval-program')")
+
+
+def test_resume_asks_again_where_quality_failed(fault_server, tmp_path):
+    """Each prompt fails twice before it is answered: the run's quality fails (one retry), the resumed
+    run measures it and keeps the speed steps; the failure's warning goes with it."""
+    srv = fault_server("flaky")
+    f = _evals(tmp_path)
+    plan = Plan.model_validate({
+        "name": "q", "backend": "external", "variants": [{"name": "v", "url": srv.url}],
+        "scenario": {"prompt_tokens": 4, "output_tokens": 2},
+        "sweep": {"concurrency": [1], "warmup_s": 0, "requests": 2, "drain_s": 5},
+        "output_dir": str(tmp_path / "results"),
+        "quality": {"retries": 1, "greedy": {"file": str(f["prompts"]), "max_tokens": 2}}})
+    run = new_run_dir(plan)
+    Sweep(plan, run).execute()
+    assert read_status(run.path, "v")["status"] == "failed"
+    assert any(w.startswith("v: quality not measured: greedy:") for w in run.read_manifest()["warnings"])
+    steps = run.read_manifest()["steps"]
+    state = prepare(run.path)
+    assert state.quality == ["v"] and not state.done and len(state.keep) == 1
+    resume(state)
+    assert read_status(run.path, "v")["status"] == "measured"
+    man = run.read_manifest()
+    assert man["steps"] == steps
+    assert not any("quality not measured" in w for w in man["warnings"])
