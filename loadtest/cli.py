@@ -131,7 +131,7 @@ def demo(
     workers: Optional[int] = _workers_option(),
 ) -> None:
     """Run the whole experiment on the built-in emulator: 4 variants of Llama-3-8B on an H100."""
-    from loadtest.demo import DEMO_PLAN, demo_plan
+    from loadtest.demo import DEMO_PLAN, ON_YOUR_GPU, demo_plan
 
     if print_plan:
         sys.stdout.write(DEMO_PLAN)
@@ -140,6 +140,8 @@ def demo(
 
     plan = _with_workers(demo_plan(), workers)
     _finish(_execute(plan, "<demo plan>", out_dir, quiet))
+    for line in ON_YOUR_GPU:
+        out.print(line, soft_wrap=True, markup=False, highlight=False)
     out.print(HOW_TO_MEASURE, soft_wrap=True, markup=False, highlight=False)
 
 

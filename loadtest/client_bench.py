@@ -251,24 +251,16 @@ def _rusage_run(argv: list[str], timeout: float, cwd: Path,
     return user + sys_, wall, tail
 
 
-def make_tokenizer(directory: Path) -> Path:
-    """A tiny word-level tokenizer written on the spot (vllm bench serve needs one to build prompts)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
+def make_tokenizer(python: str, directory: Path) -> Path:
+    """The prompt words' tokenizer for vllm bench serve, written by vLLM's own interpreter (it has
+    `tokenizers`; ridgeline's install need not)."""
     from scenarios.prompts import WORDS
 
-    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2}
-    for w in [*WORDS, "tok"]:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    directory.mkdir(parents=True, exist_ok=True)
-    tok.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]", "bos_token": "<s>",
-        "eos_token": "</s>", "model_max_length": 1000000}))
-    (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    script = Path(__file__).with_name("word_tokenizer.py")
+    p = subprocess.run([python, str(script), str(directory)], input=json.dumps([*WORDS, "tok"]), text=True,
+                       capture_output=True, timeout=120)
+    if p.returncode != 0:
+        raise RuntimeError(f"{python} could not write a tokenizer for vllm bench serve:\n{p.stderr[-2000:]}")
     return directory
 
 
@@ -486,7 +478,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
         servers += timed_procs
         fast, timed = fast_procs[0], timed_procs[0]
         have_vllm = bool(cfg.vllm_python) and Path(cfg.vllm_python).exists()
-        tok = make_tokenizer(work / "tok") if have_vllm else None
+        tok = make_tokenizer(cfg.vllm_python, work / "tok") if have_vllm else None
 
         result["parse_at"] = []
         for n in dict.fromkeys([cfg.parse_streams, *cfg.also_parse_streams]):

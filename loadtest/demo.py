@@ -46,5 +46,14 @@ output_dir: results
 """
 
 
+# what the demo prints last: the same experiment on the reader's own GPU and model, in two lines
+ON_YOUR_GPU = (
+    "On your own GPU and model: `ridgeline demo --print-plan > plan.yaml`, then in it set `backend: vllm`, "
+    "`gpu:` and each variant's `model:` (a checkpoint directory or Hugging Face id).",
+    "`ridgeline run plan.yaml --dry-run` shows each server's command line; `ridgeline run plan.yaml` measures "
+    "them and writes the same report.",
+)
+
+
 def demo_plan() -> Plan:
     return parse_plan(DEMO_PLAN, "<demo plan>")

@@ -1,5 +1,8 @@
 """The client benchmark's measurements, on a small scale (the full run is `ridgeline bench client`)."""
 
+import json
+import sys
+
 import numpy as np
 import pytest
 
@@ -93,3 +96,29 @@ def test_steady_window_takes_cpu_and_events_between_two_request_ends():
     assert w["events_per_core_s"] == 200.0 and w["cpu_pct"] == 50.0
     with pytest.raises(RuntimeError, match="too few"):
         steady_window(marks[:2])
+
+
+def test_tokenizer_for_vllm_bench_is_written_by_the_given_interpreter(tmp_path):
+    """The prompt words come back whole through the tokenizer a separate interpreter wrote."""
+    from tokenizers import Tokenizer
+
+    from loadtest.client_bench import make_tokenizer
+    from scenarios.prompts import WORDS
+
+    d = make_tokenizer(sys.executable, tmp_path / "tok")
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    text = " ".join(WORDS[:20])
+    enc = tok.encode(text)
+    assert "[UNK]" not in enc.tokens and len(enc.ids) == 20
+    assert tok.decode(enc.ids) == text
+    assert json.loads((d / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_tokenizer_failure_names_the_interpreter(tmp_path):
+    from loadtest.client_bench import make_tokenizer
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'No module named tokenizers' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError, match="could not write a tokenizer"):
+        make_tokenizer(str(fake), tmp_path / "tok")

@@ -19,6 +19,8 @@ def test_demo_tells_the_h100_story(tmp_path):
     run = runs[0]
     assert str(run / "report.html") in res.stdout  # it says where the report is
     assert "quality is not measured on the emulator" in res.stdout and "ridgeline quality plan.yaml" in res.stdout
+    # and ends with how to run the same plan on one's own GPU and model
+    assert "ridgeline demo --print-plan > plan.yaml" in res.stdout and "backend: vllm" in res.stdout
     s = json.loads((run / "summary.json").read_text())
     assert s["backend"] == "emulator" and s["baseline"] == "fp16"
     sp, cross = s["speedup"], s["crossover"]
