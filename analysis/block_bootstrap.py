@@ -19,7 +19,8 @@ least MIN_BLOCKS); a draw is the sum of b blocks, each starting at a random slic
 the slices' running sum. Equal blocks that tile the circle exactly matter: a closed loop of k
 waves spans k lifetimes, so a block of circle / k holds one wave's dip and its catch-up whatever
 its start, while a shorter tail block (or one not a whole number of waves) would draw the dip or
-not by chance.
+not by chance. A draw's deviation from the measured rate is scaled by sqrt(b / (b - 1)): the spread
+over every start on the circle divides by b, where an unbiased variance of b blocks divides by b - 1.
 
 Its coverage is measured, not assumed: benchmarks/interval_coverage.py runs the same steps many
 times with fresh seeds and counts how often one run's 95% interval holds the other runs' mean
@@ -79,7 +80,11 @@ def rate_draws(slice_tokens: np.ndarray, window_s: float, request_s: np.ndarray,
 
     block = circle / b
     # blocks start one slice apart (a start inside a slice would blend two slices and hide their noise)
-    positions = max(1, int(round(circle / (window_s / n))))
+    positions = max(1, round(circle / (window_s / n)))
     starts = rng.integers(0, positions, size=(resamples, b)) * (circle / positions)
     sums = on_circle(starts + block) - on_circle(starts)
-    return (sums.sum(axis=1) + (cum[-1] - total)) / window_s
+    draws = (sums.sum(axis=1) + (cum[-1] - total)) / window_s
+    # the circle's b blocks are b observations: its variance over every start divides by b where an
+    # unbiased one divides by b - 1
+    rate = cum[-1] / window_s
+    return rate + (draws - rate) * math.sqrt(b / (b - 1))
