@@ -20,7 +20,7 @@ from deploy import launcher
 from deploy.servers import server_commands
 from loadtest.cli import app
 from loadtest.plan import Plan
-from loadtest.quality.measure import DUMMY_REASON, EMULATOR_REASON, ORIGIN_FILE, weights_of
+from loadtest.quality.measure import DUMMY_REASON, EMULATOR_REASON, ORIGIN_FILE, measure_variant, weights_of
 from loadtest.resume import prepare, resume
 from loadtest.runner import Sweep, new_run_dir
 
@@ -150,3 +150,17 @@ def test_weights_come_from_the_command_and_the_checkpoint_note(tmp_path):
     for server in ({"load_format": "dummy"}, {"extra_args": ["--load-format=dummy"]}):
         plan = Plan.model_validate({**base, "server": {**base["server"], **server}})
         assert weights_of(plan, server_commands(plan, api_key=None)[0]) == ("dummy", DUMMY_REASON)
+
+
+def test_dummy_weights_are_not_asked(tmp_path):
+    """--load-format dummy: recorded as not measured, and no request is sent (nothing listens on the URL)."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    d = _plan_dict(tmp_path, backend="vllm", model=str(ckpt), variants=[{"name": "bf16", "preset": "bf16"}],
+                   server={"program": ["python", "-m", "vllm.entrypoints.openai.api_server"], "load_format": "dummy"})
+    plan = Plan.model_validate(d)
+    cmd = server_commands(plan, api_key=None)[0]
+    rec = measure_variant(plan, cmd, tmp_path / "run")
+    assert (rec["status"], rec["reason"], rec["weights"]) == ("not_measured", DUMMY_REASON, "dummy")
+    assert "requests" not in rec and rec["measurements"] == {}
+    assert sorted(p.name for p in (tmp_path / "run/quality/bf16").iterdir()) == ["quality.json"]
