@@ -24,7 +24,7 @@ VARIANTS = {"fp16": ("fp16", "auto"), "awq": ("awq", "auto"), "gptq": ("gptq", "
 
 # (variant, concurrency) -> output tok/s, median TTFT ms, median ITL ms, median TPOT ms measured by
 # ridgeline's own sweep of vLLM 0.24.0 on one H100 SXM (docs/results/h100-llama3-8b/summary.json:
-# client figures over whole waves, prompts never sent before, prefix-cache hits 1-3% from the text
+# client figures over whole waves, prompts never sent before, prefix-cache hits 0-3.9% from the text
 # the prompts are cut from; fp8kv is bfloat16 weights with an FP8 KV cache; gptq is INT4).
 H100_MEASURED: dict[tuple[str, int], dict[str, Optional[float]]] = {
     ("fp16", 1): dict(tok_s=151.6, ttft_ms=19.83, itl_ms=6.504, tpot_ms=6.510),
