@@ -121,7 +121,7 @@ def served_problem(a: Analysis, variant: str) -> Optional[str]:
     if vi is None or vi.served_verdict != "mismatch":
         return None
     why = "; ".join(vi.served_reasons[:2])
-    if vi.weights in ("awq", "gptq"):
+    if vi.weights in ("awq", "gptq", "w4a16"):
         text = f"{variant} ran at 16-bit size: not INT4"
     elif vi.kv_cache_dtype.startswith("fp8"):
         text = f"{variant} did not run with an FP8 KV cache"

@@ -22,7 +22,7 @@ GiB = 1024**3
 MiB = 1024**2
 
 DTYPES = ("bf16", "fp16", "fp8", "int8")
-WEIGHT_FORMATS = ("fp16", "bf16", "awq", "gptq", "fp8")
+WEIGHT_FORMATS = ("fp16", "bf16", "awq", "gptq", "w4a16", "fp8")
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 
@@ -168,10 +168,14 @@ def weight_bits(weights: str, group_size: int = 128) -> float:
         return 16.0
     if weights == "fp8":
         return 8.0
-    if weights in ("awq", "gptq"):
+    if weights in ("awq", "gptq"):  # an fp16 scale and a 4-bit zero point per group
         if group_size <= 0:
             raise CatalogError(f"group_size must be positive, got {group_size}")
         return 4.0 + (16.0 + 4.0) / group_size
+    if weights == "w4a16":  # compressed-tensors, symmetric: a 16-bit scale per group, no zero point
+        if group_size <= 0:
+            raise CatalogError(f"group_size must be positive, got {group_size}")
+        return 4.0 + 16.0 / group_size
     raise CatalogError(f"unknown weight format '{weights}' (known: {', '.join(WEIGHT_FORMATS)})")
 
 

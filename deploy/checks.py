@@ -31,7 +31,8 @@ FP8_KV_FP16_HOPPER = ("For FP16/BF16 input, output must have the same dtype as i
                       "For FP8 input, output must have dtype BF16")
 FP8_NO_NATIVE = "Your GPU does not have native support for FP8 computation but FP8 quantization is being used"
 # the checkpoint quant_method each weight format needs (None: an unquantized checkpoint)
-CHECKPOINT_METHODS: dict[str, set[Optional[str]]] = {"awq": {"awq"}, "gptq": {"gptq"}, "fp8": {"fp8", None}}
+CHECKPOINT_METHODS: dict[str, set[Optional[str]]] = {"awq": {"awq"}, "gptq": {"gptq"},
+                                                      "w4a16": {"compressed-tensors"}, "fp8": {"fp8", None}}
 # compute capability each --quantization needs in the vLLM releases this project targets
 MIN_CC = {
     "awq_marlin": (8.0, "Marlin INT4 kernels (awq_marlin) need compute capability 8.0 (Ampere) or newer"),
@@ -161,7 +162,7 @@ def checkpoint_quant(cfg: dict) -> tuple[Optional[str], dict]:
 
 
 def _label(weights: str) -> str:
-    return {"awq": "AWQ INT4", "gptq": "GPTQ INT4", "fp8": "FP8", "fp16": "16-bit", "bf16": "16-bit"}[weights]
+    return {"awq": "AWQ INT4", "gptq": "GPTQ INT4", "w4a16": "W4A16 INT4", "fp8": "FP8", "fp16": "16-bit", "bf16": "16-bit"}[weights]
 
 
 GPTQ_DUMMY = ("{path}: a GPTQ quantization_config without modules_in_block_to_quantize, loaded with --load-format "

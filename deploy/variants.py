@@ -20,7 +20,7 @@ class VariantError(ValueError):
 @dataclass(frozen=True)
 class Preset:
     name: str
-    weights: str  # fp16 | bf16 | awq | gptq | fp8
+    weights: str  # fp16 | bf16 | awq | gptq | w4a16 | fp8
     quantization: Optional[str]  # vLLM --quantization value (None: unquantized)
     kv_cache_dtype: str = "auto"  # auto | fp8 | fp8_e4m3 | fp8_e5m2
     dtype: Optional[str] = None  # vLLM --dtype
@@ -34,6 +34,8 @@ PRESETS: dict[str, Preset] = {
         Preset("bf16", "bf16", None, dtype="bfloat16", description="16-bit weights and KV cache (bfloat16)"),
         Preset("awq", "awq", "awq_marlin", dtype="float16", description="AWQ INT4 weights, Marlin kernels"),
         Preset("gptq", "gptq", "gptq_marlin", dtype="float16", description="GPTQ INT4 weights, Marlin kernels"),
+        Preset("w4a16", "w4a16", "compressed-tensors", dtype="bfloat16",
+               description="INT4 weight-only, compressed-tensors format (llm-compressor's GPTQ/AWQ/RTN W4A16 output)"),
         Preset("fp8", "fp8", "fp8", dtype="bfloat16", description="FP8 weights (W8A8)"),
         Preset("fp8kv", "bf16", None, kv_cache_dtype="fp8", dtype="bfloat16",
                description="16-bit weights, FP8 KV cache (bfloat16: float16 with FP8 KV fails on Hopper)"),
@@ -49,10 +51,11 @@ ALIASES = {"awq+fp8kv": "awq-fp8kv", "gptq+fp8kv": "gptq-fp8kv", "fp16+fp8kv": "
 QUANT_METHODS = {
     "awq": {"awq", "awq_marlin"},
     "gptq": {"gptq", "gptq_marlin"},
+    "w4a16": {"compressed-tensors"},
     "fp8": {"fp8"},
 }
 KV_DTYPES = {"auto", "fp8", "fp8_e4m3", "fp8_e5m2"}
-WEIGHT_BITS = {"fp16": 16.0, "bf16": 16.0, "awq": 4.0, "gptq": 4.0, "fp8": 8.0}
+WEIGHT_BITS = {"fp16": 16.0, "bf16": 16.0, "awq": 4.0, "gptq": 4.0, "w4a16": 4.0, "fp8": 8.0}
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class Variant:
 
     @property
     def is_int4(self) -> bool:
-        return self.weights in ("awq", "gptq")
+        return self.weights in ("awq", "gptq", "w4a16")
 
     def to_dict(self) -> dict:
         return {

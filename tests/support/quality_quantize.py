@@ -68,24 +68,38 @@ def recipe(method: str):
     raise ValueError(method)
 
 
-def dequantized_state(model) -> dict[str, torch.Tensor]:
-    """The model's weights as the INT4 checkpoint represents them, in bf16 (quantize then dequantize)."""
-    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+def dequantize_checkpoint(src: Path, dst: Path) -> None:
+    """Write dst/model.safetensors: the INT4 checkpoint in src unpacked and multiplied by its scales,
+    in bf16; exactly the weights an INT4 kernel multiplies by (the checkpoints are symmetric: no zero point)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 
-    state = {}
-    for name, module in model.named_modules():
-        scheme = getattr(module, "quantization_scheme", None)
-        if scheme is None or scheme.weights is None:
-            continue
-        zp = getattr(module, "weight_zero_point", None)
-        w = fake_quantize(module.weight.data.float(), module.weight_scale.data.float(),
-                          zp.data if zp is not None else None, scheme.weights)
-        state[f"{name}.weight"] = w.to(torch.bfloat16)
-    for k, v in model.state_dict().items():
-        if k.endswith(("weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape")):
-            continue
-        state.setdefault(k, v.to(torch.bfloat16))
-    return {k: v.contiguous() for k, v in state.items()}
+    packed = load_file(str(src / "model.safetensors"))
+    out = {}
+    for k, v in packed.items():
+        if k.endswith(".weight_packed"):
+            w = k[: -len("_packed")]
+            if f"{w}_zero_point" in packed:
+                raise ValueError(f"{src}: {w} has a zero point; only symmetric checkpoints are dequantized here")
+            q = unpack_from_int32(v, 4, torch.Size(packed[f"{w}_shape"].tolist())).float()
+            scale = packed[f"{w}_scale"].float().repeat_interleave(GROUP, dim=1)
+            out[w] = (q * scale).to(torch.bfloat16).contiguous()
+        elif not k.endswith(("weight_scale", "weight_shape", "weight_g_idx")):
+            out[k] = v.to(torch.bfloat16).contiguous()
+    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+
+
+def make_dequant(out: Path, src: Path, name: str) -> None:
+    """<name>-dequant/: src's weights dequantized to plain bf16, with the base config and tokenizer."""
+    deq = out / f"{name}-dequant.partial"
+    shutil.rmtree(deq, ignore_errors=True)
+    deq.mkdir()
+    dequantize_checkpoint(src, deq)
+    shutil.copy(out / "base" / "config.json", deq / "config.json")
+    copy_tokenizer(out / "base", deq)
+    write_origin(deq, weights="dequantized-bf16", source=name, group_size=GROUP, bits=4)
+    final = out / f"{name}-dequant"
+    shutil.rmtree(final, ignore_errors=True)
+    deq.rename(final)
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:
@@ -117,23 +131,15 @@ def quantize(out: Path, method: str) -> dict:
     secs = time.time() - t0
     model.to(torch.bfloat16)  # weights and scales as the checkpoint stores them
 
-    deq = out / f"{method}-dequant.partial"
-    shutil.rmtree(deq, ignore_errors=True)
-    deq.mkdir()
-    save_file(dequantized_state(model), str(deq / "model.safetensors"), metadata={"format": "pt"})
-    shutil.copy(base / "config.json", deq / "config.json")
-    copy_tokenizer(base, deq)
-    write_origin(deq, weights="dequantized-bf16", source=method, group_size=GROUP, bits=4)
-
     tmp = out / f"{method}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, save_compressed=True)
     copy_tokenizer(base, tmp)
     write_origin(tmp, weights="real", source=method, group_size=GROUP, bits=4, format="compressed-tensors",
                  quantize_seconds=round(secs, 1))
-    for d, final in ((deq, out / f"{method}-dequant"), (tmp, out / method)):
-        shutil.rmtree(final, ignore_errors=True)
-        d.rename(final)
+    shutil.rmtree(out / method, ignore_errors=True)
+    tmp.rename(out / method)
+    make_dequant(out, out / method, method)
     log(f"{method}/ and {method}-dequant/ in {secs:.0f}s (+{time.time() - t0 - secs:.0f}s to save)")
     return {"seconds": secs}
 
@@ -163,29 +169,10 @@ def make_broken(out: Path) -> None:
         save_file(state, str(f), metadata={"format": "pt"})
     write_origin(tmp, weights="real", source="rtn", damage=f"weight scales of layers {list(BROKEN_LAYERS)} permuted "
                  "and multiplied by 4", scrambled=hit, group_size=GROUP, bits=4, format="compressed-tensors")
-    # its dequantized twin, from the damaged INT4 weights, for hosts without INT4 kernels
-    deq_src = out / "rtn-dequant"
-    deq = out / "broken-dequant.partial"
-    shutil.rmtree(deq, ignore_errors=True)
-    shutil.copytree(deq_src, deq)
-    _dequantize_checkpoint(tmp, deq)
-    write_origin(deq, weights="dequantized-bf16", source="broken", group_size=GROUP, bits=4)
-    for d, final in ((tmp, out / "broken"), (deq, out / "broken-dequant")):
-        shutil.rmtree(final, ignore_errors=True)
-        d.rename(final)
+    shutil.rmtree(out / "broken", ignore_errors=True)
+    tmp.rename(out / "broken")
+    make_dequant(out, out / "broken", "broken")
     log(f"broken/ and broken-dequant/: {len(hit)} scale tensors scrambled")
-
-
-def _dequantize_checkpoint(src: Path, dst: Path) -> None:
-    """Dequantize a pack-quantized compressed-tensors checkpoint into dst's model.safetensors."""
-    from compressed_tensors.compressors import ModelCompressor
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.bfloat16)
-    compressor = ModelCompressor.from_pretrained(str(src))
-    compressor.decompress(model_path=str(src), model=model)
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()},
-              str(dst / "model.safetensors"), metadata={"format": "pt"})
 
 
 def build_variants(out: Path) -> None:
