@@ -109,14 +109,16 @@ def _level_steps(a: Analysis, variant: str, level: float) -> list[int]:
     return [int(s) for s in st.step]
 
 
-def _draws(a: Analysis, variant: str, level: float, attr: str) -> np.ndarray:
+def _draws(a: Analysis, variant: str, level: float, attr: str, run: str) -> np.ndarray:
+    """Bootstrap draws of a level's throughput; `run` ("A" or "B") in the seed resamples the two runs
+    independently (the same seed would pair their draws and hide both runs' noise)."""
     ds = []
     for s in _level_steps(a, variant, level):
         req = a.requests.get((variant, s))
         row = a.steps[(a.steps.variant == variant) & (a.steps.step == s)].iloc[0]
         if req is None:
             continue
-        rng = np.random.default_rng(seed_for("compare", variant, s, attr))
+        rng = np.random.default_rng(seed_for("compare", run, variant, s, attr))
         ds.append(rate_draws(getattr(req, attr), row.window_s, req.e2e_s, rng, req.lead_s))
     return np.mean(ds, axis=0) if ds else np.full(RESAMPLES, np.nan)
 
@@ -181,7 +183,7 @@ def compare(run_a: Union[str, Path, RunDir], run_b: Union[str, Path, RunDir], me
         significant: Optional[bool] = None
         if metric in SLICE_METRICS:
             attr = SLICE_METRICS[metric]
-            da, db = _draws(A, v, level, attr), _draws(B, v, level, attr)
+            da, db = _draws(A, v, level, attr, "A"), _draws(B, v, level, attr, "B")
             with np.errstate(divide="ignore", invalid="ignore"):
                 r_lo, r_hi = interval(db / da)
             if np.isfinite(r_lo) and np.isfinite(r_hi):

@@ -37,6 +37,18 @@ def test_a_rerun_of_the_same_model_has_no_regression(runs):
         assert abs(r.change) < 0.05
 
 
+def test_a_run_against_a_copy_of_itself_still_carries_both_runs_noise(runs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(runs["a"], copy)
+    res = compare(runs["a"], copy)
+    for r in res.rows:
+        assert r.change == 0.0 and r.test == "bootstrap"
+        # the two runs are resampled independently: an interval around 0, not the point 0
+        assert r.change_lo < 0.0 < r.change_hi and r.significant is False, (r.variant, r.level, r.change_lo)
+
+
 def test_slower_throughput_is_a_significant_regression(runs):
     res = compare(runs["a"], runs["slower"], threshold=0.05)
     awq = [r for r in res.rows if r.variant == "awq"]
