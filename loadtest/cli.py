@@ -212,22 +212,28 @@ def quality(
         except ResultsError as exc:
             _fail(f"results could not be written: {exc}", code=1)
     if into is None and not json.loads((path / "manifest.json").read_text()).get("steps"):
-        _finish_quality_only(path)
+        _finish_quality_only(path, plan)
     else:
         _finish(path)
 
 
-def _finish_quality_only(run_path: Path) -> None:
-    """A run with quality rows and no speed steps: report it where the analysis can, and say where the rows are."""
-    from analysis.data import AnalysisError
+def _finish_quality_only(run_path: Path, plan: Plan) -> None:
+    """A run with quality rows and no speed steps: the speed report needs steps, so the quality
+    figures alone go to summary.json (key "quality") and each variant's line is printed."""
+    from analysis.quality.section import quality_section
+    from analysis.quality.verdict import verdict_lines
+    from loadtest.results import atomic_write_json
 
-    try:
-        _finish(run_path)
-    except AnalysisError as exc:
-        out.print(f"results: {run_path}", soft_wrap=True, markup=False, highlight=False)
-        out.print(f"quality rows: {run_path / 'quality'} (no speed steps, so no report: {exc}; measure speed and "
-                  f"quality together with `ridgeline run`, or add these to a run with --into)",
-                  soft_wrap=True, markup=False, highlight=False)
+    names = [v.name for v in plan.variants]
+    section = quality_section(run_path, plan.model_dump(mode="json"), plan.baseline, names)
+    lines = verdict_lines(section, None, plan.baseline, plan.sweep.mode)
+    atomic_write_json(run_path / "summary.json", {"quality_only": True, "quality": {**(section or {}), "verdict": lines},
+                                                  "verdict": " ".join(line + "." for line in lines.values())})
+    out.print(f"results: {run_path}", soft_wrap=True, markup=False, highlight=False)
+    out.print("no speed sweep in this run, so no speed report (ridgeline run measures both; --into adds quality "
+              "to a run)", soft_wrap=True, markup=False, highlight=False)
+    for line in lines.values():
+        out.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def _resume_run(resume_dir: Path, plan_file: Optional[Path], force: bool, quiet: bool) -> None:

@@ -114,6 +114,9 @@ def test_quality_command_new_run_and_into_an_existing_one(tmp_path, monkeypatch)
     assert _status(runs[0], "awq")["status"] == "not_measured"
     assert json.loads((runs[0] / "manifest.json").read_text())["steps"] == []
     assert f"results: {runs[0]}" in res.output
+    assert "awq: quality not measured: emulator: no model weights" in res.output
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["quality"]["variants"]["awq"]["status"] == "not_measured"
 
     # a speed-only run, then its quality added with --into
     speed = dict(d)
