@@ -15,25 +15,13 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from analysis.fmt import label
+from analysis.plotting import pyplot as _plt
+from analysis.plotting import save as _save
 from analysis.pipeline import Analysis
+from analysis.speedup import SLO_ATTAINMENT
 from analysis.summary import threshold_key
 
-DPI = 110
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def label(text: object, limit: int = 40) -> str:
-    """Text safe for a matplotlib label: no mathtext from a stray '$', not too long."""
-    s = str(text).replace("\\", "\\\\").replace("$", r"\$")
-    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def colours(a: Analysis) -> dict[str, str]:
@@ -64,15 +52,6 @@ def _plain_log(ax, axis: str = "y") -> None:
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(NullFormatter())
-
-
-def _save(fig, path: Path, **margins: float) -> Path:
-    """Fixed margins instead of tight_layout, which draws the figure a second time to measure it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.subplots_adjust(**{"left": 0.1, "right": 0.96, "bottom": 0.12, "top": 0.91, **margins})
-    fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
-    return path
 
 
 def _finite(values: object, positive: bool = False) -> np.ndarray:
@@ -222,7 +201,6 @@ def goodput_chart(a: Analysis, path: Path) -> Optional[Path]:
         ax1.plot(g.level, g.goodput_tokens_per_s, marker="o", ms=4, color=col[v], label=label(v))
         ax1.plot(g.level, g.output_tokens_per_s, linestyle=":", color=col[v], alpha=0.6)
         ax2.plot(g.level, g.slo_attainment * 100, marker="o", ms=4, color=col[v], label=label(v))
-    from analysis.speedup import SLO_ATTAINMENT
 
     ax2.axhline(SLO_ATTAINMENT * 100, color="black", linestyle=":", linewidth=1)
     for ax in (ax1, ax2):

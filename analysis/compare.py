@@ -30,7 +30,7 @@ from analysis.pipeline import Analysis, compute
 from analysis.block_bootstrap import RESAMPLES, rate_draws
 from analysis.quality.compare import DEFAULT_THRESHOLD, GateFailure, QualityDiff, gate_failures, quality_diffs
 from analysis.speedup import interval, seed_for
-from loadtest.results import ResultsError, RunDir
+from core.results import ResultsError, RunDir
 
 HIGHER_IS_BETTER = {"output_tokens_per_s", "total_tokens_per_s", "prompt_tokens_per_s", "requests_per_s",
                     "goodput_tokens_per_s", "goodput_requests_per_s", "slo_attainment",

@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis.agreement import AGREEMENT_PCT
 from analysis.prefix_cache import hit_rate, leaked
-from loadtest.results import ResultsError, safe_child
+from core.results import ResultsError, safe_child
 
 CROSSCHECK_PCT = AGREEMENT_PCT
 # (key, ridgeline step column, bench result key, factor from the bench unit to ridgeline's)

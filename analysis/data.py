@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from loadtest.plan import Plan, SLOSpec
-from loadtest.records import StepInfo
-from loadtest.results import ResultsError, RunDir
+from core.hardware.variants import resolve
+from core.plan import Plan, SLOSpec
+from core.records import StepInfo
+from core.results import ResultsError, RunDir
+from core.telemetry import telemetry_path
 
 DEFAULT_THRESHOLDS = (1.5, 1.2, 1.0)
 _STEP_FILE = re.compile(r"^step-(\d+)\.parquet$")
@@ -113,8 +115,6 @@ class RunInfo:
         return p if p.exists() else None
 
     def telemetry_file(self, variant: str, step: int) -> Optional[Path]:
-        from loadtest.telemetry import telemetry_path
-
         try:
             p = telemetry_path(self.run, variant, step)
         except ResultsError:
@@ -161,8 +161,6 @@ def _variant_info(name: str, entry: Any, plan: Optional[Plan]) -> VariantInfo:
             return info
     if plan is not None:  # no record of the resolved variant: resolve the plan's again
         try:
-            from deploy.variants import resolve
-
             r = resolve(plan.variant(name))
             info.weights, info.kv_cache_dtype = r.weights, r.kv_cache_dtype
         except (KeyError, ValueError):

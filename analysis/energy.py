@@ -25,10 +25,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.fmt import label
 from analysis.server_metrics import dictionary
 from analysis.steps import column, window_output_tokens
-from loadtest import telemetry as tm
-from loadtest.results import ResultsError, RunDir, atomic_write_table, atomic_write_text
+from core import telemetry as tm
+from core.results import ResultsError, RunDir, atomic_write_table, atomic_write_text
 
 # A counter jump that implies more than this per GPU is a reset or a glitch, not energy.
 MAX_PLAUSIBLE_W = 5000.0
@@ -475,7 +476,6 @@ def plot_energy(table: pd.DataFrame, path: Union[str, Path], colours: Optional[d
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401 - used through matplotlib.ticker below
 
-    from analysis.charts import label
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rate_mode = not t.concurrency.notna().any()

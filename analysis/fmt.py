@@ -71,3 +71,9 @@ def interval(lo: Any, hi: Any, fmt=num, open_high: Optional[str] = None) -> str:
     else:
         b = "?"
     return f"{a}–{b}"
+
+
+def label(text: object, limit: int = 40) -> str:
+    """Text safe for a matplotlib label: no mathtext from a stray '$', not too long."""
+    s = str(text).replace("\\", "\\\\").replace("$", r"\$")
+    return s if len(s) <= limit else s[: limit - 1] + "…"

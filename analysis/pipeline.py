@@ -41,8 +41,8 @@ from analysis.speedup import (
     speedup_table,
 )
 from analysis.steps import StepRequests, aggregate_step, level_of, read_step_table
-from loadtest.records import REQUEST_SCHEMA
-from loadtest.results import ResultsError, RunDir
+from core.records import REQUEST_SCHEMA
+from core.results import ResultsError, RunDir
 
 METRIC_NAMES = sorted(
     {sm.GAP, sm.UP, sm.RESET, *sm.RUNNING, *sm.WAITING, *sm.KV_USAGE, *sm.COUNTERS}

@@ -11,7 +11,7 @@ from analysis.pipeline import Analysis, compute
 from analysis.quality.chart import speed_quality_chart
 from analysis.report_html import render_html
 from analysis.report_md import render_md
-from loadtest.results import RunDir, atomic_write_text
+from core.results import RunDir, atomic_write_text
 
 
 def _energy(run: RunDir, a: Analysis) -> dict[str, Any]:

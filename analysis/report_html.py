@@ -18,14 +18,16 @@ import jinja2
 import numpy as np
 
 from analysis import fmt
-from analysis.agreement import AGREEMENT_PCT
 from analysis import report_tables as rt
+from analysis.agreement import AGREEMENT_PCT
 from analysis.crosscheck import commands as crosscheck_commands
 from analysis.energy import MIN_COVERAGE
 from analysis.pipeline import Analysis
 from analysis.quality.table import absent_sentence, quality_note, quality_table
 from analysis.speedup import SLO_ATTAINMENT
-from analysis.summary import BACKEND_NOTE, served_problem, threshold_key
+from analysis.speedup import interval as _iv
+from analysis.summary import BACKEND_NOTE, _roofline_sentence, served_problem, threshold_key, verdict
+from core.hardware.roofline import compute_dtype
 
 TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -265,7 +267,6 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
                               "wshare": fmt.pct(r.weight_byte_share),
                               "flops": _of_peak(r.achieved_flops_per_s, r.achieved_flops_share, 1),
                               "bw": _of_peak(r.achieved_read_bytes_per_s, r.achieved_bandwidth_share, 0)})
-    from analysis.summary import _roofline_sentence
 
     sentences = [s for s in [_roofline_sentence(a)] if s]
 
@@ -288,7 +289,6 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
         rows = []
         for r in st.itertuples(index=False):
             d = a.draws.get((v, int(r.step)))
-            from analysis.speedup import interval as _iv
 
             lo, hi = _iv(d) if d is not None else (np.nan, np.nan)
             cells = [str(r.step) + (f" (repeat {r.repeat})" if r.repeat else ""), r.status, lvl(r.level),
@@ -365,7 +365,6 @@ def _peaks(a: Analysis) -> str:
     roof = a.roofline
     if roof.unavailable or roof.gpu is None:
         return "unknown"
-    from deploy.roofline import compute_dtype
 
     by_dtype: dict[str, list[str]] = {}
     for v, (weights, _) in roof.kinds.items():
@@ -378,8 +377,6 @@ def _peaks(a: Analysis) -> str:
 
 
 def _verdict_text(a: Analysis) -> str:
-    from analysis.summary import verdict
-
     return verdict(a)
 
 

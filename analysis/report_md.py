@@ -21,6 +21,7 @@ from analysis.pipeline import Analysis
 from analysis.quality.table import absent_sentence, quality_note, quality_table
 from analysis.speedup import interval
 from analysis.summary import BACKEND_NOTE, served_problem, threshold_key
+from analysis.summary import verdict as _verdict
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#!~])")
 
@@ -66,8 +67,6 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
     word = info.level_name()
     others = [v for v in info.variants if v != info.baseline]
     if verdict is None:
-        from analysis.summary import verdict as _verdict
-
         verdict = _verdict(a)
     lines = [f"# ridgeline: {md(info.name)}", "",
              f"**Backend:** {md(BACKEND_NOTE.get(info.backend, info.backend))} · **model:** {md(info.model)} · "

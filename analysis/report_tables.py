@@ -6,7 +6,6 @@ through jinja2 and report.md through its Markdown escaping, so neither builds it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from analysis import fmt
@@ -14,20 +13,7 @@ from analysis.crosscheck import CROSSCHECK_PCT, verdict_word
 from analysis.pipeline import Analysis
 from analysis.prefix_cache import LEAK_PCT, expects_hits, leaked
 from analysis.roofline_gap import gap_table
-
-
-@dataclass
-class Row:
-    cells: list[str]
-    flagged: set[int] = field(default_factory=set)  # cells to highlight (a difference beyond the limit)
-    bad: bool = False  # the whole row (a throttled step, a failed level)
-
-
-@dataclass
-class Table:
-    headers: list[str]
-    rows: list[Row]
-    text: set[int] = field(default_factory=lambda: {0})  # columns of text (aligned left), by index
+from analysis.table_model import Row, Table
 
 
 def level_formatter(a: Analysis) -> Callable[[Any], str]:

@@ -3,8 +3,8 @@
 The batch of a step is the mean number of requests running (the server's own gauge; without
 scrapes, the client's mean requests in flight). Its context is the mean prompt plus half the mean
 output (a decoding sequence is on average half way through). The measured time of a decode step
-is the mean of the inter-token gaps that ended inside the window (any request's). deploy.roofline gives the lower bound of a decode step of that batch
-and context for the variant's weights and KV-cache dtype on the plan's GPU, and whether it is
+is the mean of the inter-token gaps that ended inside the window (any request's).
+core.hardware.roofline gives the lower bound of a decode step of that batch and context for the variant's weights and KV-cache dtype on the plan's GPU, and whether it is
 limited by memory bandwidth or by compute; the ridge batch is where the two limits meet.
 """
 
@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.data import RunInfo
+from core.hardware.catalog import CatalogError, get_gpu, load_model
+from core.hardware.roofline import bound, compute_dtype, decode_step_cost, ridge_batch
 
 COLUMNS = ["variant", "step", "level", "batch", "batch_source", "context_tokens", "bound_s", "memory_s",
            "compute_s", "regime", "measured_s", "bound_share", "weight_byte_share", "bound_tokens_per_s",
@@ -39,8 +41,6 @@ class Roofline:
 
     def curve(self, variant: str, batches: np.ndarray) -> np.ndarray:
         """Bound tokens/s of a decode step at each batch (for the chart)."""
-        from deploy.roofline import bound, decode_step_cost
-
         weights, kv = self.kinds[variant]
         ctx = self.context_tokens or 0.0
         return np.array([b / bound(decode_step_cost(self.model, weights, kv, float(b), ctx), self.gpu, weights).time_s
@@ -59,11 +59,6 @@ def _context(row: pd.Series, info: RunInfo) -> float:
 
 def analyse_roofline(info: RunInfo, steps: pd.DataFrame) -> Roofline:
     """Bounds for every step; a Roofline with `unavailable` set when the model or GPU is unknown."""
-    try:
-        from deploy.catalog import CatalogError, get_gpu, load_model
-        from deploy.roofline import bound, decode_step_cost, ridge_batch
-    except ImportError as exc:  # pragma: no cover - the package ships both
-        return Roofline(pd.DataFrame(columns=COLUMNS), unavailable=f"roofline model not importable: {exc}")
     try:
         gpu = get_gpu(info.gpu, info.gpu_overrides or None)
         model = load_model(info.model)
@@ -101,7 +96,6 @@ def analyse_roofline(info: RunInfo, steps: pd.DataFrame) -> Roofline:
                 out.update(measured_s=measured, bound_share=b.time_s / measured,
                            measured_tokens_per_s=batch / measured)
         flops, read = row.get("achieved_flops_per_s"), row.get("achieved_read_bytes_per_s")
-        from deploy.roofline import compute_dtype
 
         peak_flops = gpu.flops(compute_dtype(weights, gpu), False)
         if isinstance(flops, float) and math.isfinite(flops):
@@ -127,7 +121,6 @@ def predicted_speedup(roof: Roofline, variant: str, baseline: str, batch: float)
     """The speedup the bound alone predicts at a batch: baseline bound time / variant bound time."""
     if roof.unavailable or variant not in roof.kinds or baseline not in roof.kinds:
         return None
-    from deploy.roofline import bound, decode_step_cost
 
     ctx = roof.context_tokens or 0.0
     t = {}
@@ -156,7 +149,6 @@ def explain(roof: Roofline, baseline: str, variant: str, level: Optional[float],
     batch = batch_at(roof, baseline, level)
     if batch is None or ridge_b is None:
         return None
-    from deploy.roofline import bound, decode_step_cost
 
     w, kv = roof.kinds[baseline]
     cost = decode_step_cost(roof.model, w, kv, batch, roof.context_tokens or 0.0)

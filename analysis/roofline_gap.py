@@ -21,6 +21,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis.roofline import Roofline
+from core.hardware.roofline import compute_dtype
 
 COLUMNS = ["variant", "step", "level", "regime", "gap", "work_ratio", "ceiling_ratio", "explanation"]
 MISSING = "no server counters (vLLM fills them with --enable-mfu-metrics)"
@@ -34,7 +35,6 @@ def gap_table(roof: Roofline) -> pd.DataFrame:
     """One row per step with a bound and a measured step time."""
     if roof.unavailable or roof.gpu is None or roof.steps.empty:
         return pd.DataFrame(columns=COLUMNS)
-    from deploy.roofline import compute_dtype
 
     rows = []
     for r in roof.steps.itertuples(index=False):

@@ -24,7 +24,7 @@ from analysis.prefix_cache import leak_sentence
 from analysis.roofline import explain
 from analysis.roofline_gap import gap_table
 from analysis.speedup import SLO_ATTAINMENT, interval
-from loadtest.results import (
+from core.results import (
     RunDir,
     atomic_write_json,
     atomic_write_table,

@@ -1,6 +1,6 @@
 """How long analysis and reports take on a large run, and how much memory they need.
 
-Builds a modelled results directory (analysis.synthetic) of 4 variants x 9 concurrency steps with
+Builds a modelled results directory (tests.support.synthetic) of 4 variants x 9 concurrency steps with
 about 1,000,000 request rows in all (output lengths 64-256 tokens, so each row carries a realistic
 list of inter-token gaps). Every step has the same measured window, as in a real sweep, so the
 high-concurrency steps hold most rows; the server is scraped every second with pages of about 300
@@ -45,7 +45,7 @@ print(json.dumps({"import_s": t1 - t0, "analyze_s": t2 - t1, "render_s": t3 - t2
 
 
 def build(path: Path, rows: int) -> dict:
-    from analysis.synthetic import RunModel, StepModel, build_run
+    from tests.support.synthetic import RunModel, StepModel, build_run
 
     def gap(c: int, speed: float) -> float:
         return 0.006 * (1 + c / 48) / (1 + (speed - 1) / (1 + c / 32))

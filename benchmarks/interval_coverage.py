@@ -85,7 +85,7 @@ def sweep_one(plan_file: str) -> None:
     from gevent import monkey
 
     monkey.patch_all()
-    from loadtest.plan import load_plan
+    from core.plan import load_plan
     from loadtest.runner import Sweep, new_run_dir
 
     plan = load_plan(Path(plan_file))

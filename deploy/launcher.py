@@ -13,7 +13,6 @@ import atexit
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -23,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from core.net import free_port  # noqa: F401 - launcher.free_port is what callers use
 
 
 class LaunchError(RuntimeError):
@@ -74,13 +75,6 @@ class Server:
 
     def log_tail(self, n: int = 30) -> str:
         return log_tail(self.log_path, n)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def log_tail(path: Path, n: int = 30) -> str:

@@ -18,13 +18,15 @@ import sys
 import urllib.parse
 from typing import Any, Optional
 
+from core.hardware.variants import Variant, resolve
+from core.parallel import ParallelSizeError, tensor_parallel_size
+from core.plan import Plan
+from core.secrets import read_api_key
+from deploy.emulator.__main__ import parser
 from deploy import prefix_cache
 from deploy.launcher import ServerCommand, free_port
-from deploy.variants import Variant, resolve
 from deploy.vllm_command import API_KEY_ENV, flag_name, served_name, vllm_argv
 from deploy.vllm_flags import mfu_args
-from loadtest.plan import Plan
-from loadtest.secrets import read_api_key
 
 EMULATOR_STARTUP_S = 120.0
 # flags servers.py sets on the emulator itself: never taken from extra_args or plan.emulator
@@ -43,7 +45,7 @@ def server_commands(plan: Plan, ports: Optional[dict[str, int]] = None, api_key:
     """One command per variant, in plan order. Ports come from free_port() unless given.
 
     api_key: the key for VLLM_API_KEY; by default read from plan.api_key_env / api_key_file
-    (loadtest.secrets.SecretError when the plan names one that cannot be read).
+    (core.secrets.SecretError when the plan names one that cannot be read).
     """
     ports = dict(ports or {})
     variants = [resolve(spec) for spec in plan.variants]
@@ -76,19 +78,12 @@ def server_commands(plan: Plan, ports: Optional[dict[str, int]] = None, api_key:
 
 def tensor_parallel(v: Variant) -> int:
     """The variant's --tensor-parallel-size (or -tp), 1 when not given."""
-    args = list(v.extra_args)
-    for i, a in enumerate(args):
-        name = flag_name(a)
-        if name in ("--tensor-parallel-size", "-tp"):
-            val = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
-            try:
-                n = int(val)
-            except ValueError:
-                raise ServersError(f"variant {v.name}: {name} {val!r} is not a whole number") from None
-            if n < 1:
-                raise ServersError(f"variant {v.name}: {name} must be at least 1, got {n}")
-            return n
-    return 1
+    try:
+        return tensor_parallel_size(list(v.extra_args))
+    except ParallelSizeError as exc:
+        if exc.value is None:
+            raise ServersError(f"variant {v.name}: {exc.flag} {exc.raw!r} is not a whole number") from None
+        raise ServersError(f"variant {v.name}: {exc.flag} must be at least 1, got {exc.value}") from None
 
 
 def gpu_assignment(plan: Plan, variants: Optional[list[Variant]] = None) -> dict[str, Optional[str]]:
@@ -127,8 +122,6 @@ def gpu_assignment(plan: Plan, variants: Optional[list[Variant]] = None) -> dict
 # --- emulator -------------------------------------------------------------------------------------
 
 def _emulator_options() -> dict[str, argparse.Action]:
-    from deploy.emulator.__main__ import parser
-
     return {opt: a for a in parser()._actions for opt in a.option_strings if opt.startswith("--")}
 
 

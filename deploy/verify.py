@@ -21,7 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from deploy.variants import Variant, resolve
+from core.hardware.catalog import CatalogError, load_model, model_from_config
+from core.hardware.variants import Variant, resolve
+from deploy.checks import checkpoint_quant, find_config, read_config
 
 AS_ASKED, MISMATCH, UNVERIFIED = "as-asked", "mismatch", "unverified"
 GiB = 1024**3
@@ -219,7 +221,7 @@ def judge(asked: dict[str, Any], obs: dict[str, Any], fp16_weight_gib: Optional[
     """(verdict, reasons, evidence): reasons say what contradicts or is missing, evidence what agrees.
 
     fp16_weight_gib / fp16_kv_tokens: the same run's 16-bit variant, when it has one; shape: the
-    model's ModelSpec (deploy.catalog), whose parameter count * 2 bytes is the 16-bit size.
+    model's ModelSpec (core.hardware.catalog), whose parameter count * 2 bytes is the 16-bit size.
     """
     bad: list[str] = []
     unknown: list[str] = []
@@ -323,10 +325,8 @@ def _reference(servers: dict[str, Any], name: str) -> tuple[Optional[float], Opt
 
 
 def _shape(plan: Any, v: Variant) -> tuple[Any, Optional[dict], str]:
-    """(shape, config.json, where from): the model's deploy.catalog.ModelSpec when its config.json or
+    """(shape, config.json, where from): the model's core.hardware.catalog.ModelSpec when its config.json or
     catalogue entry is at hand (else None), the config itself for a checkpoint, and its path or "catalog"."""
-    from deploy.catalog import CatalogError, load_model, model_from_config
-    from deploy.checks import find_config, read_config
 
     model = plan.model if plan.backend == "emulator" else (v.model or plan.model)
     path = find_config(model)[0] if plan.backend != "emulator" else None
@@ -347,7 +347,6 @@ def model_record(shape: Any, cfg: Optional[dict], source: str) -> Optional[dict[
     own quantization_config (None for a catalogue model or an unquantized checkpoint)."""
     if shape is None:
         return None
-    from deploy.checks import checkpoint_quant
 
     method, qc = checkpoint_quant(cfg) if cfg else (None, {})
     quant = {"method": method, "bits": qc.get("bits"), "group_size": qc.get("group_size")} if method else None

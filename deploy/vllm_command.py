@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from deploy.variants import Variant
-from loadtest.plan import Plan
+from core.hardware.variants import Variant
+from core.plan import Plan
 
 DEFAULT_PROGRAM = ["python", "-m", "vllm.entrypoints.openai.api_server"]
 API_KEY_ENV = "VLLM_API_KEY"

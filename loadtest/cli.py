@@ -12,11 +12,14 @@ from typing import Optional  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from core.plan import Plan, PlanError, load_plan  # noqa: E402
 from loadtest.cli_bench import bench_app  # noqa: E402
-from loadtest.cli_deploy import commands, print_command  # noqa: E402
-from loadtest.cli_deploy import deploy_app  # noqa: E402
+from loadtest.cli_deploy import (  # noqa: E402
+    commands,
+    deploy_app,  # noqa: E402
+    print_command,
+)
 from loadtest.cli_scenarios import scenarios_app  # noqa: E402
-from loadtest.plan import Plan, PlanError, load_plan  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Load-test vLLM deployment variants and find where INT4 stops paying.")
@@ -55,7 +58,7 @@ def _finish(run_path: Path) -> None:
 
 def _preflight(plan: Plan) -> None:
     """Everything that can be wrong with the input, checked before a directory or a server exists."""
-    from loadtest.secrets import SecretError, read_api_key
+    from core.secrets import SecretError, read_api_key
     from scenarios.prompts import ScenarioError
     from scenarios.workload import build_workload
 
@@ -91,8 +94,8 @@ def _resume_hint(run_path: Path) -> str:
 def _execute(plan: Plan, source: Optional[str], out_dir: Optional[str], quiet: bool, resume_state=None) -> Path:  # noqa: ANN001
     import signal
 
+    from core.results import DiskFullError, ResultsError
     from loadtest.progress_view import LiveView
-    from loadtest.results import DiskFullError, ResultsError
     from loadtest.runner import RunInterrupted, Sweep, new_run_dir
 
     _preflight(plan)
@@ -189,7 +192,7 @@ def quality(
     from loadtest.progress_view import LiveView
     from loadtest.quality_run import run_quality
     from loadtest.resume import ResumeError
-    from loadtest.results import ResultsError
+    from core.results import ResultsError
     from loadtest.runner import RunInterrupted
 
     try:

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from loadtest.plan import Plan, PlanError, load_plan
+from core.plan import Plan, PlanError, load_plan
 
 deploy_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Bring a plan's servers up and leave them running; status; down; render "
@@ -58,7 +58,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    from loadtest.results import atomic_write_json
+    from core.results import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, state)
@@ -92,7 +92,7 @@ def print_command(cmd: Any, file_out: Console) -> None:
     """One server as a shell line: `# variant (url)`, then its environment (credentials as ***) and argv."""
     import shlex
 
-    from loadtest.secrets import MASK, mask_env
+    from core.secrets import MASK, mask_env
 
     file_out.print(f"# {cmd.variant}  ({cmd.url})", highlight=False, markup=False)
     env = mask_env(cmd.env)
@@ -142,9 +142,9 @@ def _findings(plan: Plan, dry_run: bool) -> None:
 
 def commands(plan: Plan) -> list[Any]:
     """Every server's command line, or exit 2 when the plan cannot make one (model, flags, API key)."""
+    from core.secrets import SecretError
     from deploy.servers import ServersError, server_commands
     from deploy.vllm_command import CommandError
-    from loadtest.secrets import SecretError
 
     try:
         return server_commands(plan)
@@ -163,8 +163,8 @@ def up(
     no_checks: bool = typer.Option(False, "--no-checks", help="launch even when the plan-time checks find errors"),
 ) -> None:
     """Check the plan, start its servers, wait until each answers /health, record them."""
+    from core.secrets import mask_env
     from deploy import gpu_info, launcher
-    from loadtest.secrets import mask_env
 
     plan = _select(plan_or_exit(plan_file), variant)
     if not no_checks:
@@ -240,8 +240,8 @@ def up(
 
 def _served(plan: Plan, cmd: Any, server: Any, earlier: list[dict[str, Any]]) -> dict[str, Any]:
     """verify's judgement of what the server really runs (never fatal: `up` has started it either way)."""
+    from core.hardware.variants import resolve
     from deploy import verify
-    from deploy.variants import resolve
 
     refs = {e["variant"]: {"variant": resolve(plan.variant(e["variant"])).to_dict(), "served": e.get("served")}
             for e in earlier}
@@ -263,7 +263,7 @@ def _state_for(plan_file: Optional[Path], out_dir: Optional[str], state_file: Op
 
 
 def _headers(state: dict[str, Any]) -> dict[str, str]:
-    from loadtest.secrets import SecretError, read_api_key
+    from core.secrets import SecretError, read_api_key
 
     try:
         key = read_api_key(state.get("api_key_env"), state.get("api_key_file"))

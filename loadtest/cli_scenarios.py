@@ -30,7 +30,7 @@ def _length(d: dict) -> str:
 @scenarios_app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="print the parameters as JSON")) -> None:
     """Print every built-in scenario with its parameters."""
-    from scenarios.builtins import listing
+    from core.scenario_builtins import listing
 
     items = listing()
     if as_json:
@@ -56,7 +56,7 @@ def show(
     n: int = typer.Option(1, "--requests", "-n", help="how many sample requests to print"),
 ) -> None:
     """Describe a scenario as the manifest will, and print sample request bodies (loads datasets and tokenizers)."""
-    from loadtest.plan import PlanError, ScenarioSpec, load_plan
+    from core.plan import PlanError, ScenarioSpec, load_plan
     from scenarios.workload import ScenarioError, build_workload
 
     try:

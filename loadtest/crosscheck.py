@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deploy.prefix_cache import RESET_PATH
-from loadtest.plan import CrossCheckSpec, Plan
-from loadtest.results import RunDir, safe_child
-from loadtest.secrets import redact, scrub_file
+from core.plan import CrossCheckSpec, Plan
+from core.results import RunDir, safe_child
+from core.secrets import redact, scrub_file
 from scenarios.unique import derived_seed
 
 MARK = "ridgeline-crosscheck "  # prefix of the status lines the script prints

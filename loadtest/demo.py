@@ -6,7 +6,7 @@ one's own); only the step windows are chosen so the whole sweep fits in about th
 
 from __future__ import annotations
 
-from loadtest.plan import Plan, parse_plan
+from core.plan import Plan, parse_plan
 
 DEMO_PLAN = """\
 # ridgeline demo: which deployment variant of Llama-3-8B pays on an H100, and until which concurrency?

@@ -41,9 +41,13 @@ import gevent
 import psutil
 from locust.env import Environment
 
-from loadtest.records import MEASURE, DRAIN, REQUEST_SCHEMA, RequestRecord
-from scenarios.openai_stream import Timeouts
+from core.net import free_port
+from core.plan import ScenarioSpec
+from core.records import DRAIN, MEASURE, REQUEST_SCHEMA, RequestRecord
+from loadtest.driver import LocalDriver
+from scenarios.openai_stream import Timeouts, served_model
 from scenarios.users import StreamingUser
+from scenarios.workload import build_workload
 
 logging.getLogger("locust.runners").setLevel(logging.ERROR)
 logging.getLogger("locust.rpc").setLevel(logging.ERROR)
@@ -96,12 +100,12 @@ class DistributedDriver:
         self.timeouts = timeouts
         self.headers = headers
         self.n = workers
-        self.model = model or plan.served_model_name or _served_model(url, headers) or plan.model
+        self.model = model or plan.served_model_name or served_model(url, headers) or plan.model
         self.salt = salt  # names the run and variant: each worker's prompts are new to the server
         bind = bind or os.environ.get("RIDGELINE_MASTER_BIND", "127.0.0.1:0")
         host, _, port = bind.rpartition(":")
         self.bind_host = host or "127.0.0.1"
-        self.port = int(port) if port and port != "0" else _free_port(self.bind_host)
+        self.port = int(port) if port and port != "0" else free_port(self.bind_host)
         self.remote = remote if remote is not None else os.environ.get("RIDGELINE_REMOTE_WORKERS") == "1"
         self.connect_timeout_s = connect_timeout_s
         self.procs: list[subprocess.Popen] = []
@@ -341,28 +345,6 @@ def _close_count_window(records: list[RequestRecord], target: int) -> None:
         r.phase = DRAIN
 
 
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _served_model(url: str, headers: Optional[dict[str, str]]) -> Optional[str]:
-    """The first model the server lists (vLLM serves one), or None."""
-    import json
-    import urllib.request
-
-    try:
-        req = urllib.request.Request(url.rstrip("/") + "/v1/models", headers=headers or {})
-        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - the plan's own server
-            data = json.loads(r.read())
-        return data["data"][0]["id"]
-    except Exception:  # noqa: BLE001
-        return None
-
-
 # ---------------------------------------------------------------------- worker side
 
 class Worker:
@@ -385,9 +367,6 @@ class Worker:
         self.runner.send_message(kind, data)
 
     def on_setup(self, environment, msg) -> None:  # noqa: ANN001
-        from loadtest.driver import LocalDriver
-        from loadtest.plan import ScenarioSpec
-        from scenarios.workload import build_workload
 
         d = msg.data
         try:

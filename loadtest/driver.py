@@ -19,7 +19,7 @@ from locust.env import Environment
 # Locust warns about fast spawn rates; a sweep starts a step's users at once on purpose
 logging.getLogger("locust.runners").setLevel(logging.ERROR)
 
-from loadtest.records import RequestRecord
+from core.records import RequestRecord
 from scenarios.arrivals import ArrivalSchedule
 from scenarios.arrivals import gaps as _gaps
 from scenarios.openai_stream import Timeouts, make_client

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 
-from loadtest.records import OK, RequestRecord
+from core.records import OK, RequestRecord
 
 PREFIX = "ridgeline_client_"
 STEP_LABELS = ("variant", "step", "concurrency", "rate")

@@ -9,7 +9,8 @@ import platform
 import socket
 from typing import Any, Optional
 
-from loadtest.plan import Plan
+from core.plan import Plan
+from deploy import gpu_info
 
 TOOL = "ridgeline"
 
@@ -51,8 +52,6 @@ def new_manifest(plan: Plan, plan_source: Optional[str], started: float,
                  gpu: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A run's manifest at its start; `gpu` is what deploy.gpu_info finds on this host unless given."""
     if gpu is None:
-        from deploy import gpu_info
-
         gpu = gpu_info.record()
     return {
         "format": 1,

@@ -27,8 +27,16 @@ from typing import Any, Mapping, Optional
 
 import pyarrow as pa
 
+from core.net import instance_of
 from loadtest.scraper import (
-    GAP, KEEP_PREFIXES, RESET, UP, SeriesBuffer, count_resets, is_cumulative_name, labels_json,
+    GAP,
+    KEEP_PREFIXES,
+    RESET,
+    UP,
+    SeriesBuffer,
+    count_resets,
+    is_cumulative_name,
+    labels_json,
 )
 
 MAX_POINTS = 10_000  # Prometheus refuses ranges over 11,000 points per series; stay under it
@@ -60,16 +68,6 @@ def selector(matchers: Mapping[str, str], name_regex: Optional[str] = None) -> s
 def prefix_regex(prefixes: tuple[str, ...] = KEEP_PREFIXES) -> str:
     """A __name__ regex matching every family with one of the prefixes."""
     return "|".join(re.escape(p).replace("\\:", ":") + ".*" for p in prefixes)
-
-
-def instance_of(url: str) -> str:
-    """host:port of a server URL, as Prometheus labels the target that scrapes it."""
-    u = urllib.parse.urlsplit(url)
-    if not u.hostname:
-        raise ValueError(f"{url!r} is not a URL with a host")
-    port = u.port or (443 if u.scheme == "https" else 80)
-    host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
-    return f"{host}:{port}"
 
 
 def server_matchers(url: str, variant: str, template: Optional[Mapping[str, str]] = None) -> dict[str, str]:

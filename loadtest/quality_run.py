@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from loadtest.plan import Plan
+from core.plan import Plan
 from loadtest.quality.measure import quality_todo
 from loadtest.resume import ResumeError, plan_diff, stored_plan
-from loadtest.results import RunDir, atomic_write_text
+from core.results import RunDir, atomic_write_text
 from loadtest.runner import Sweep, new_run_dir, step_levels
 
 PLAN_FILE = "plan.yaml"

@@ -17,10 +17,12 @@ from typing import Any, Callable, Optional, Union
 
 import pyarrow.parquet as pq
 
-from loadtest.plan import Plan, PlanError, load_plan, parse_plan
+from core.plan import Plan, PlanError, load_plan, parse_plan
 from loadtest.quality.measure import quality_todo
-from loadtest.records import STEP_COMPLETE
-from loadtest.results import ResultsError, RunDir
+from core.records import STEP_COMPLETE
+from core.results import ResultsError, RunDir
+from core.results import atomic_write_text
+from loadtest.runner import Sweep, step_levels
 
 PLAN_FILE = "plan.yaml"
 # keys that may differ between the stored and the given plan without changing what is measured
@@ -128,8 +130,6 @@ def _step_kept(run: RunDir, s: dict[str, Any]) -> Optional[str]:
 def prepare(run_dir: Union[str, Path], plan_path: Optional[Union[str, Path]] = None,
             force: bool = False) -> ResumeState:
     """Check that run_dir can be resumed with the plan given (or its own) and say what will run."""
-    from loadtest.runner import step_levels
-
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise ResumeError(f"{run.path}: no such results directory")
@@ -222,13 +222,10 @@ def merge_manifest(current: dict[str, Any], old: dict[str, Any], state: ResumeSt
 
 def resume(state: ResumeState, on_progress: Optional[Callable[[Any], None]] = None, commands=None) -> RunDir:  # noqa: ANN001
     """Run what is left of the run; complete steps are kept as they are."""
-    from loadtest.runner import Sweep
-
     old = state.run.read_manifest()
     sweep = Sweep(state.plan, state.run, plan_source=state.source, on_progress=on_progress, commands=commands)
     merge_manifest(sweep.manifest, old, state)
     if state.changes:  # the plan as run from now on
-        from loadtest.results import atomic_write_text
 
         atomic_write_text(state.run.path / PLAN_FILE, state.plan.to_yaml())
     return sweep.execute(skip=set(state.keep))

@@ -19,20 +19,20 @@ import gevent
 import greenlet
 import psutil
 
-from deploy import launcher, prefix_cache
+from core.hardware.variants import resolve
+from core.plan import Plan
+from core.records import MEASURE, STEP_COMPLETE, STEP_FAILED, STEP_INCOMPLETE, RequestRecord, StepInfo
+from core.results import ResultsError, RunDir, atomic_write_text, safe_child
+from core.secrets import read_api_key, redact_obj, scrub_file
+from deploy import launcher, prefix_cache, verify
 from deploy.render.prometheus import publish_targets
+from deploy.servers import server_commands
 from deploy.start_retry import StartFailed, start_with_retries
-from deploy.variants import resolve
 from loadtest import crosscheck
+from loadtest.distributed import DistributedDriver
 from loadtest.driver import Driver, LocalDriver
-from loadtest.manifest import new_manifest
-from loadtest.plan import Plan
-from loadtest.records import (
-    MEASURE, STEP_COMPLETE, STEP_FAILED, STEP_INCOMPLETE, RequestRecord, StepInfo,
-)
-from loadtest.results import ResultsError, RunDir, atomic_write_text, safe_child
-from loadtest.secrets import read_api_key, redact_obj, scrub_file
 from loadtest.exporter import ClientExporter, exporter_for
+from loadtest.manifest import new_manifest
 from loadtest.prom_reader import step_series
 from loadtest.quality.measure import measure_variant, quality_done
 from loadtest.quality.rows import FAILED as QUALITY_FAILED
@@ -138,8 +138,6 @@ class Sweep:
     # ------------------------------------------------------------------ servers
     def commands(self) -> list[launcher.ServerCommand]:
         if self._commands is None:
-            from deploy.servers import server_commands
-
             self._commands = server_commands(self.plan)
         return self._commands
 
@@ -194,8 +192,6 @@ class Sweep:
     def _describe_served(self, cmd: launcher.ServerCommand, server: Optional[launcher.Server]) -> dict[str, Any]:
         """What really ran, from the server's own report; never fatal."""
         try:
-            from deploy import verify
-
             return verify.served_report(self.plan, cmd, server, self.run.path, self.manifest.get("servers", {}))
         except Exception as exc:  # noqa: BLE001 - the run goes on; the report says what is unknown
             return {"verdict": "unverified", "reasons": [f"could not verify: {type(exc).__name__}: {exc}"]}
@@ -408,8 +404,6 @@ class Sweep:
     def _make_driver(self, cmd: launcher.ServerCommand, workload) -> Driver:  # noqa: ANN001
         sw = self.plan.sweep
         if self.plan.workers > 0:
-            from loadtest.distributed import DistributedDriver
-
             return DistributedDriver(self.plan, cmd.url, self.timeouts, self.headers, self.plan.workers,
                                      model=self.plan.served_model_name or cmd.variant, salt=self._salt(cmd.variant))
         return LocalDriver(cmd.url, workload, self.timeouts, self.headers, arrival=sw.arrival,

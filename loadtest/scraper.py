@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Optional
 import pyarrow as pa
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.records import METRIC_SCHEMA
+from core.records import METRIC_SCHEMA
 
 KEEP_PREFIXES = ("vllm:", "ridgeline_emulator:")
 GAP = "ridgeline:scrape_gap"  # a failed scrape (value 1, labels {"reason": ...})

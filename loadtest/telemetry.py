@@ -17,59 +17,49 @@ scraper), and a run with no source at all says so once in the manifest and goes 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 import urllib.error
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Callable, Optional, Protocol
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.records import METRIC_SCHEMA
-from loadtest.results import RunDir, ResultsError, atomic_write_table, safe_child
-
-# --- the vocabulary ----------------------------------------------------------------------------
-
-POWER = "gpu:power_watts"
-ENERGY = "gpu:energy_joules_total"  # cumulative; differences give a step's energy
-UTIL = "gpu:util_percent"  # share of time a kernel ran (nvidia-smi's GPU-Util), not SM occupancy
-MEM_UTIL = "gpu:mem_util_percent"  # share of time device memory was read or written
-SM_CLOCK = "gpu:sm_clock_mhz"
-MEM_CLOCK = "gpu:mem_clock_mhz"
-MEM_USED = "gpu:memory_used_bytes"
-TEMP = "gpu:temperature_celsius"
-CLOCK_REASONS = "gpu:clock_event_reasons"  # NVML clocks-event (throttle) reason bitmask
-POWER_LIMIT = "gpu:power_limit_watts"
-SM_ACTIVE = "gpu:sm_active_ratio"  # DCGM profiling field, when the exporter has it enabled
-DRAM_ACTIVE = "gpu:dram_active_ratio"
-POWER_VIOLATION = "gpu:power_violation_us_total"  # DCGM: time held back by the power limit
-THERMAL_VIOLATION = "gpu:thermal_violation_us_total"
-GAP = "gpu:sample_gap"  # a failed sample (value 1)
-
-SOURCES = ("nvml", "dcgm", "modelled")
-
-# NVML clocks-event reasons (nvmlClocksEventReason*): bit -> name
-REASON_BITS = {
-    0x1: "gpu_idle",
-    0x2: "applications_clocks_setting",
-    0x4: "sw_power_cap",
-    0x8: "hw_slowdown",
-    0x10: "sync_boost",
-    0x20: "sw_thermal_slowdown",
-    0x40: "hw_thermal_slowdown",
-    0x80: "hw_power_brake_slowdown",
-    0x100: "display_clock_setting",
-}
-# Reasons that make a step incomparable: the clocks were pulled down by heat or by the board.
-# The software power cap (0x4) is kept apart: a saturated GPU runs at its power limit by design.
-THROTTLE_MASK = 0x8 | 0x20 | 0x40 | 0x80
-POWER_CAP_MASK = 0x4
+from core import parallel
+from core.records import METRIC_SCHEMA
+from core.telemetry import (  # noqa: F401 - the vocabulary, re-read by the samplers below
+    CLOCK_REASONS,
+    DRAM_ACTIVE,
+    ENERGY,
+    GAP,
+    MEM_CLOCK,
+    MEM_USED,
+    MEM_UTIL,
+    POWER,
+    POWER_CAP_MASK,
+    POWER_LIMIT,
+    POWER_VIOLATION,
+    REASON_BITS,
+    SM_ACTIVE,
+    SM_CLOCK,
+    SOURCES,
+    TELEMETRY_DIR,
+    TEMP,
+    THERMAL_VIOLATION,
+    THROTTLE_MASK,
+    UTIL,
+    Reading,
+    TelemetryError,
+    labels_json,
+    read_telemetry,
+    reasons_text,
+    telemetry_path,
+    write_telemetry,
+)
+from deploy.render.kubernetes import k8s_name
+from loadtest.scraper import fetch
 
 # DCGM exporter field -> (our metric, factor to our unit)
 DCGM_FIELDS: dict[str, tuple[str, float]] = {
@@ -100,18 +90,6 @@ EMULATOR_FIELDS: dict[str, str] = {
     "ridgeline_emulator:gpu_power_watts": POWER,
     "ridgeline_emulator:gpu_energy_joules_total": ENERGY,
 }
-
-
-class TelemetryError(RuntimeError):
-    """A telemetry source that cannot be used as configured; the message says which and why."""
-
-
-Reading = tuple[str, dict[str, str], float]  # (metric, labels, value)
-
-
-def labels_json(labels: dict[str, str]) -> str:
-    """Canonical labels, as the scraper writes them."""
-    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
 
 
 # --- sources -----------------------------------------------------------------------------------
@@ -290,8 +268,6 @@ def _gpu_order(g: str) -> tuple[int, str]:
 
 
 def _fetch(url: str, timeout: float, headers: Optional[dict[str, str]] = None) -> str:
-    from loadtest.scraper import fetch
-
     return fetch(url, timeout, headers)
 
 
@@ -450,28 +426,12 @@ class GpuSampler:
 
 # --- choosing a source for a run ---------------------------------------------------------------
 
-_TP_FLAGS = {"--tensor-parallel-size", "-tp"}
-_PP_FLAGS = {"--pipeline-parallel-size", "-pp"}
-
-
 def gpus_per_replica(argv: list[str]) -> int:
     """GPUs one vLLM server uses: tensor-parallel size times pipeline-parallel size in its argv."""
-    tp = pp = 1
-    for i, tok in enumerate(argv):
-        name, eq, val = tok.partition("=")
-        if name in _TP_FLAGS | _PP_FLAGS:
-            raw = val if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-            try:
-                n = int(raw)
-            except ValueError:
-                raise TelemetryError(f"{name} needs a whole number, got {raw!r}") from None
-            if n < 1:
-                raise TelemetryError(f"{name} must be at least 1, got {n}")
-            if name in _TP_FLAGS:
-                tp = n
-            else:
-                pp = n
-    return tp * pp
+    try:
+        return parallel.gpus_per_replica(argv)
+    except parallel.ParallelSizeError as exc:
+        raise TelemetryError(str(exc)) from None
 
 
 def served_gpus(plan: Any, variant: str, argv: list[str], env: dict[str, str]) -> Optional[list[str]]:
@@ -504,8 +464,6 @@ def _telemetry_spec(plan: Any) -> tuple[str, Optional[str], float]:
 
 def label_patterns(templates: dict[str, str], variant: str) -> dict[str, "re.Pattern[str]"]:
     """The plan's telemetry.dcgm_labels for one variant: {variant} and {k8s_name} filled in, compiled."""
-    from deploy.render.kubernetes import k8s_name
-
     out = {}
     for label, t in templates.items():
         out[label] = re.compile(t.replace("{variant}", re.escape(variant)).replace("{k8s_name}", re.escape(k8s_name(variant))))
@@ -599,44 +557,3 @@ class Telemetry:
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
         self._open.clear()
-
-
-# --- the results directory ---------------------------------------------------------------------
-
-TELEMETRY_DIR = "telemetry"
-
-
-def telemetry_path(run: Union[RunDir, str, Path], variant: str, step: int) -> Path:
-    """<run>/telemetry/<variant>/step-NNN.parquet (beside metrics/ and requests/)."""
-    root = run.path if isinstance(run, RunDir) else Path(run)
-    return safe_child(root, TELEMETRY_DIR, variant, f"step-{step:03d}.parquet")
-
-
-def write_telemetry(run: Union[RunDir, str, Path], variant: str, step: int, table: pa.Table) -> Path:
-    path = telemetry_path(run, variant, step)
-    atomic_write_table(path, table.cast(METRIC_SCHEMA))
-    return path
-
-
-def read_telemetry(run: Union[RunDir, str, Path], decode_labels: bool = True) -> pd.DataFrame:
-    """Every telemetry sample of a run; with decode_labels, `gpu` and `source` become columns."""
-    root = (run.path if isinstance(run, RunDir) else Path(run)) / TELEMETRY_DIR
-    files = sorted(p for p in root.glob("*/step-*.parquet") if not p.name.startswith(".")) if root.exists() else []
-    tables = []
-    for f in files:
-        try:
-            tables.append(pq.read_table(f, schema=METRIC_SCHEMA))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ResultsError(f"{f}: cannot be read ({exc})") from None
-    df = (pa.concat_tables(tables) if tables else METRIC_SCHEMA.empty_table()).to_pandas()
-    if decode_labels:
-        decoded = [json.loads(x) if x else {} for x in df["labels"]]
-        df["gpu"] = [d.get("gpu") for d in decoded]
-        df["source"] = [d.get("source") for d in decoded]
-    return df
-
-
-def reasons_text(mask: int) -> list[str]:
-    """Names of the NVML clocks-event reasons set in a bitmask."""
-    return [name for bit, name in REASON_BITS.items() if mask & bit]
-

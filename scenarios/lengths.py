@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from loadtest.plan import LengthSpec
+from core.plan import LengthSpec
 
 
 def sample_lengths(spec: LengthSpec, n: int, rng: np.random.Generator, cap: int | None = None) -> np.ndarray:

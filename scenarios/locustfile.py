@@ -24,8 +24,10 @@ if __package__ in (None, ""):  # run by path: make the project importable
 
 from locust import events  # noqa: E402
 
-from scenarios.openai_stream import Timeouts  # noqa: E402
+from core.plan import ScenarioSpec, load_plan  # noqa: E402
+from scenarios.openai_stream import Timeouts, served_model  # noqa: E402
 from scenarios.users import StepControl, StreamingUser  # noqa: E402
+from scenarios.workload import build_workload  # noqa: E402
 
 CONTROL = StepControl(keep_records=False)
 
@@ -44,8 +46,6 @@ def _options(parser) -> None:  # noqa: ANN001
 
 def scenario_from_options(opts):  # noqa: ANN001, ANN201
     """The ScenarioSpec the options describe; bad input raises with what is wrong."""
-    from loadtest.plan import ScenarioSpec, load_plan
-
     if opts.rl_plan:
         spec = load_plan(opts.rl_plan).scenario.model_dump(exclude_unset=True)
     else:
@@ -60,13 +60,10 @@ def scenario_from_options(opts):  # noqa: ANN001, ANN201
 
 
 def _configure(environment) -> None:  # noqa: ANN001
-    from loadtest.distributed import _served_model
-    from scenarios.workload import build_workload
-
     opts = environment.parsed_options
     spec = scenario_from_options(opts)
     host = environment.host or ScenarioUser.host
-    model = opts.rl_model or _served_model(host, None) or "default"
+    model = opts.rl_model or served_model(host, None) or "default"
     ScenarioUser.workload = build_workload(spec, model)
     ScenarioUser.timeouts = Timeouts(first_token_s=opts.rl_first_token_timeout)
     name = "plan" if opts.rl_plan else (spec.builtin or "scenario")

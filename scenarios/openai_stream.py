@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlsplit
@@ -18,7 +19,7 @@ import gevent
 from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 
-from loadtest.secrets import redact, secrets_in_headers
+from core.secrets import redact, secrets_in_headers
 from scenarios import sse_events
 
 # error kinds a record can carry
@@ -360,3 +361,14 @@ def _count(v: Any, old: Optional[int]) -> Optional[int]:
     if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31:
         return v
     return old
+
+
+def served_model(url: str, headers: Optional[dict[str, str]] = None) -> Optional[str]:
+    """The first model the server lists on /v1/models (vLLM serves one), or None."""
+    try:
+        req = urllib.request.Request(url.rstrip("/") + "/v1/models", headers=headers or {})
+        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - the plan's own server
+            data = json.loads(r.read())
+        return data["data"][0]["id"]
+    except Exception:  # noqa: BLE001
+        return None

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import gevent
 from locust import User, constant, task
 
-from loadtest.records import CANCELLED, DRAIN, ERROR, MEASURE, OK, WARMUP, RequestRecord
+from core.records import CANCELLED, DRAIN, ERROR, MEASURE, OK, WARMUP, RequestRecord
 from scenarios.openai_stream import E_CANCELLED, StreamResult, Timeouts, make_client, stream_request
 from scenarios.workload import RequestSpec, Workload
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
-from loadtest.plan import ScenarioSpec
+from core.plan import ScenarioSpec
 from scenarios.datasets import Dataset, Turn, load_dataset
 from scenarios.lengths import sample_lengths
 from scenarios.prompts import Prompter, ScenarioError, make_prompter

@@ -31,7 +31,7 @@ def null_server(tmp_path):
     def start(events: int = 0, ttft_ms: float = 0.0, gap_ms: float = 0.0) -> launcher.Server:
         port = launcher.free_port()
         cmd = launcher.ServerCommand(
-            "null", [sys.executable, "-m", "deploy.null_server", "--port", str(port), "--events", str(events),
+            "null", [sys.executable, "-m", "testdoubles.null_server", "--port", str(port), "--events", str(events),
                      "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms)], port=port, startup_timeout_s=30)
         srv = launcher.start(cmd, tmp_path / f"null-{port}.log")
         started.append(srv)

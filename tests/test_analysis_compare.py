@@ -3,7 +3,7 @@
 import pytest
 
 from analysis import compare, compare_cli
-from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
 
 LEVELS = (2, 8, 32)
 

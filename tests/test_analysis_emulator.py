@@ -7,9 +7,9 @@ import psutil
 import pytest
 
 from analysis import analyze, render_reports
+from core.hardware.variants import resolve
+from core.plan import parse_plan
 from deploy import launcher
-from deploy.variants import resolve
-from loadtest.plan import parse_plan
 from loadtest.runner import Sweep, new_run_dir
 
 PLAN = """

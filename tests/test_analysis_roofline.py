@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from analysis import analyze, render_reports
-from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
-from deploy.catalog import get_gpu, load_model
-from deploy.roofline import bound, decode_step_cost
+from core.hardware.catalog import get_gpu, load_model
+from core.hardware.roofline import bound, decode_step_cost
+from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
 
 LEVELS = (1, 2, 4, 8, 16, 32, 64)
 FLOPS_PER_TOKEN = 1.6e10  # about 2 x 8e9 parameters
@@ -92,7 +92,7 @@ def test_the_verdicts_roofline_sentence_explains_the_crossover(run):
     ctx = s.data["roofline_context_tokens"]
     assert ctx == pytest.approx(512 + 48 / 2, abs=1.5)
     assert f"context {ctx:.0f} tokens" in v
-    # regime, weights' share and the bound's own speedup, from deploy.roofline at that batch
+    # regime, weights' share and the bound's own speedup, from core.hardware.roofline at that batch
     model, gpu = load_model("llama-3-8b"), get_gpu("h100-sxm")
     base = decode_step_cost(model, "fp16", "auto", batch, ctx)
     b16, b4 = bound(base, gpu, "fp16"), bound(decode_step_cost(model, "awq", "auto", batch, ctx), gpu, "awq")

@@ -14,8 +14,8 @@ import pytest
 
 from analysis import analyze, render_reports
 from analysis.roofline_gap import MISSING
-from deploy.catalog import get_gpu, load_model
-from deploy.roofline import decode_step_cost
+from core.hardware.catalog import get_gpu, load_model
+from core.hardware.roofline import decode_step_cost
 from tests.test_analysis_roofline import BYTES_PER_TOKEN, run  # noqa: F401 - the modelled run, a fixture
 
 

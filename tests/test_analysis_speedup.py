@@ -14,7 +14,7 @@ from analysis.speedup import (
     knee,
     ratio_interval,
 )
-from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
 
 # a speedup of 1.3 at 32 and this much at 64 crosses 1.2 at 48 exactly, interpolating in log2
 S64 = 1.3 - 0.1 / (math.log2(48) - 5)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from analysis.data import SLO
 from analysis.goodput import allowed_slow_gaps
 from analysis.steps import SLICES, aggregate_step, quantiles
-from loadtest.records import RequestRecord, records_to_table
+from core.records import RequestRecord, records_to_table
 
 W0, W1 = 100.0, 110.0
 

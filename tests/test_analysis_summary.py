@@ -9,7 +9,8 @@ import pytest
 
 from analysis import analyze, render_reports
 from analysis.data import AnalysisError
-from analysis.synthetic import (
+from core.results import RunDir, atomic_write_table
+from tests.support.synthetic import (
     RunModel,
     StepModel,
     as_rate_step,
@@ -18,7 +19,6 @@ from analysis.synthetic import (
     manifest,
     plan_dict,
 )
-from loadtest.results import RunDir, atomic_write_table
 
 LEVELS = (1, 4, 16, 64)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadtest.plan import parse_plan
+from core.plan import parse_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

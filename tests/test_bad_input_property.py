@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loadtest.plan import Plan, PlanError, parse_plan
+from core.plan import Plan, PlanError, parse_plan
 from scenarios.datasets import Dataset, DatasetError
 
 # more examples for a bug hunt: RIDGELINE_HYPOTHESIS_EXAMPLES=5000

@@ -75,7 +75,7 @@ def test_local_driver_spreads_user_starts_over_the_ramp(null_server):
     import gevent
 
     from loadtest.driver import LocalDriver
-    from loadtest.plan import ScenarioSpec
+    from core.plan import ScenarioSpec
     from scenarios.openai_stream import Timeouts
     from scenarios.workload import build_workload
 

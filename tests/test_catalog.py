@@ -4,8 +4,16 @@ import json
 
 import pytest
 
-from deploy.catalog import (GPUS, MODELS, CatalogError, get_gpu, kv_dtype_bytes, load_model, override_keys,
-                            weight_bits)
+from core.hardware.catalog import (
+    GPUS,
+    MODELS,
+    CatalogError,
+    get_gpu,
+    kv_dtype_bytes,
+    load_model,
+    override_keys,
+    weight_bits,
+)
 
 
 def test_every_catalogue_gpu_is_physically_ordered():

@@ -13,12 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from core.plan import Plan
 from deploy import gpu_info
 from deploy.checks import (
-    ERROR, FP8_KV_FP16_HOPPER, WARNING, CheckError, check_plan, find_config, require_ok,
+    ERROR,
+    FP8_KV_FP16_HOPPER,
+    WARNING,
+    CheckError,
+    check_plan,
+    find_config,
+    require_ok,
 )
 from deploy.gpu_info import HostGpus, parse_nvidia_smi
-from loadtest.plan import Plan
 from tests.support.tiny_model import make_tiny_model
 
 # what `nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv` prints

@@ -56,8 +56,8 @@ def test_bench_against_vllm_bench_serve():
 
 
 def test_window_timing_leaves_out_events_after_the_window():
+    from core.records import RequestRecord
     from loadtest.client_bench import window_timing
-    from loadtest.records import RequestRecord
 
     def rec(send, ttft, gaps):
         return RequestRecord("v", 0, 1, None, "x", "measure", send, ttft_s=ttft, itl_s=gaps)

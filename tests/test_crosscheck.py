@@ -5,8 +5,8 @@ import json
 import pytest
 
 from analysis import analyze
+from core.plan import PlanError, parse_plan
 from loadtest import crosscheck
-from loadtest.plan import PlanError, parse_plan
 from loadtest.runner import Sweep, new_run_dir
 from tests.support.tiny_model import make_tiny_model
 from tests.support.vllm_env import SKIP_REASON, vllm_python

@@ -7,7 +7,7 @@ import pytest
 
 from analysis import analyze, render_reports
 from analysis.crosscheck import COLUMNS, crosscheck_table
-from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
 
 # what vllm bench serve 0.24 saved for fp16 at concurrency 1 on an H100 (--save-result), as it wrote it
 REAL = {"date": "20261122-191947", "endpoint_type": "vllm", "backend": "vllm", "label": None, "model_id": "m",

@@ -9,9 +9,9 @@ import time
 import psutil
 import pytest
 
+from core.plan import parse_plan
 from deploy.launcher import ServerCommand
 from loadtest.distributed import DistributedDriver, DistributedError
-from loadtest.plan import parse_plan
 from loadtest.runner import Sweep, new_run_dir
 from scenarios.openai_stream import Timeouts
 
@@ -107,7 +107,7 @@ def test_workers_exit_when_their_master_is_killed(null_server, tmp_path):
 from gevent import monkey; monkey.patch_all()
 import sys, time
 sys.path.insert(0, {os.getcwd()!r})
-from loadtest.plan import parse_plan
+from core.plan import parse_plan
 from loadtest.distributed import DistributedDriver
 from scenarios.openai_stream import Timeouts
 plan = parse_plan('variants: [{{name: a, url: "{srv.url}"}}]\\nbackend: external\\n')

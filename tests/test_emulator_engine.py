@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploy.catalog import get_gpu, load_model
+from core.hardware.catalog import get_gpu, load_model
 from deploy.emulator.engine import BLOCK_SIZE, EngineConfig, EngineCore, Request
 from deploy.emulator.perf_model import PerfModel
 from deploy.emulator.sim import build_core, simulate_closed_loop

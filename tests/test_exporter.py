@@ -8,10 +8,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.plan import parse_plan
+from core.records import RequestRecord
 from deploy.launcher import ServerCommand
 from loadtest.exporter import METRIC_NAMES, ClientExporter
-from loadtest.plan import parse_plan
-from loadtest.records import RequestRecord
 from loadtest.runner import Sweep, new_run_dir
 
 

@@ -1,6 +1,6 @@
 """Every fault a server can throw at a stream, through the real sweep: nothing sent goes unrecorded.
 
-Each test drives the fault server (deploy/fault_server.py) with the sweep (backend external) and
+Each test drives the fault server (testdoubles/fault_server.py) with the sweep (backend external) and
 checks the bookkeeping three ways: the manifest's sent and recorded counts, the rows in the
 step's Parquet file, and the number of requests the server itself saw.
 """
@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from deploy import fault_server, launcher
-from loadtest.plan import parse_plan
+from core.plan import parse_plan
+from deploy import launcher
 from loadtest.runner import Sweep, new_run_dir
+from testdoubles import fault_server
 
 pytestmark = pytest.mark.timeout(120)
 

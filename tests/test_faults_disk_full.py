@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from deploy import fault_server, launcher
-from loadtest.plan import parse_plan
+from core.plan import parse_plan
+from core.results import DiskFullError
+from deploy import launcher
 from loadtest.resume import prepare, resume
-from loadtest.results import DiskFullError
 from loadtest.runner import Sweep, new_run_dir
+from testdoubles import fault_server
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from core.plan import parse_plan
 from deploy import launcher
-from loadtest.plan import parse_plan
 from loadtest.runner import Sweep, new_run_dir
 
 pytestmark = pytest.mark.timeout(180)

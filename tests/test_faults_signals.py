@@ -30,7 +30,7 @@ def _plan(tmp: Path) -> Path:
     d = {
         "name": "sig", "backend": "vllm", "served_model_name": "m",
         "variants": [{"name": "fp16", "model": str(tmp / "ckpt")}, {"name": "bf16", "model": str(tmp / "ckpt")}],
-        "server": {"program": [sys.executable, "-m", "deploy.fault_server", "--events", "8", "--gap-ms", "20"],
+        "server": {"program": [sys.executable, "-m", "testdoubles.fault_server", "--events", "8", "--gap-ms", "20"],
                    "startup_timeout_s": 60},
         "scenario": {"prompt_tokens": 8, "output_tokens": 8},
         "sweep": {"concurrency": [1, 4, 8], "warmup_s": 0.2, "duration_s": 1.0, "drain_s": 10},

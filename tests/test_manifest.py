@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 
+from core.plan import Plan, parse_plan
 from deploy import gpu_info
 from deploy.gpu_info import HostGpus, parse_nvidia_smi
 from loadtest.manifest import new_manifest
-from loadtest.plan import Plan, parse_plan
 from loadtest.runner import Sweep, new_run_dir
 
 H100X2_CSV = ("name, memory.total [MiB], compute_cap, driver_version\n"

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from core.plan import parse_plan
 from deploy.launcher import ServerCommand
-from loadtest.plan import parse_plan
 from loadtest.runner import Sweep, new_run_dir
 from scenarios.arrivals import ArrivalSchedule, gaps
 

@@ -1,6 +1,6 @@
 import pytest
 
-from loadtest.plan import PlanError, load_plan, parse_plan
+from core.plan import PlanError, load_plan, parse_plan
 
 GOOD = """
 name: t1

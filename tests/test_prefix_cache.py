@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from analysis import analyze, render_reports
-from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
 from deploy import prefix_cache
 from deploy.servers import server_commands
 from loadtest import crosscheck
-from loadtest.plan import ScenarioSpec, SharedPrefixSpec, parse_plan
+from core.plan import ScenarioSpec, SharedPrefixSpec, parse_plan
 from scenarios.prompts import load_tokenizer
 from scenarios.unique import HEAD_TOKENS
 from scenarios.workload import build_workload

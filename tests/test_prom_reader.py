@@ -17,14 +17,21 @@ from typing import Union
 import pytest
 import yaml
 
+from core.plan import ScrapeSpec
+from core.records import METRIC_SCHEMA, RequestRecord
 from deploy import launcher
 from deploy.render.prometheus import target_entry
 from loadtest.exporter import ClientExporter
-from loadtest.plan import ScrapeSpec
 from loadtest.prom_reader import (
-    PromError, PromReader, instance_of, prefix_regex, quote, selector, server_matchers, step_series,
+    PromError,
+    PromReader,
+    instance_of,
+    prefix_regex,
+    quote,
+    selector,
+    server_matchers,
+    step_series,
 )
-from loadtest.records import METRIC_SCHEMA, RequestRecord
 from loadtest.scraper import GAP, RESET, UP, SeriesBuffer
 from tests.test_scraper import FakeMetrics, page
 

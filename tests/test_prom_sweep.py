@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from core.plan import parse_plan
 from deploy import launcher
 from deploy.render import grafana, render_monitoring
-from loadtest.plan import parse_plan
 from loadtest.prom_reader import PromReader
 from loadtest.runner import Sweep, new_run_dir
 from loadtest.scraper import GAP, UP, Scraper

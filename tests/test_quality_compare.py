@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from analysis import compare
-from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
 from loadtest.cli import app
 from tests.support.quality_rows import add_quality
 

@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from loadtest.cli import app
-from loadtest.plan import Plan
+from core.plan import Plan
 from tests.support.tiny_model import WORDS
 from tests.support.tiny_weights import make_tiny_weighted_model
 from tests.support.vllm_env import SKIP_REASON, vllm_python

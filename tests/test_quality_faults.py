@@ -18,8 +18,8 @@ import pytest
 
 from deploy import launcher
 from deploy.launcher import ServerCommand
-from loadtest.plan import Plan
-from loadtest.plan_quality import LmEvalSpec
+from core.plan import Plan
+from core.plan_quality import LmEvalSpec
 from loadtest.quality.base import Context
 from loadtest.quality.client import QualityClient
 from loadtest.quality.lm_eval import harness_argv

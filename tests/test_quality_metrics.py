@@ -13,7 +13,7 @@ from analysis.quality.metrics.kl import position_kl
 from analysis.quality.rows import QualityError, read_quality
 from analysis.quality.scorers import SCORERS, scorer
 from analysis.quality.section import quality_section
-from loadtest.results import atomic_write_table
+from core.results import atomic_write_table
 from tests.support.quality_rows import synthetic_likelihood, token, write_variant
 
 

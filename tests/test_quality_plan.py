@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from loadtest.cli import app
-from loadtest.plan import Plan, PlanError, load_plan, parse_plan
-from loadtest.plan_quality import EvalFileError, read_eval_file
+from core.plan import Plan, PlanError, load_plan, parse_plan
+from core.plan_quality import EvalFileError, read_eval_file
 
 PLAN = """\
 name: q

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from analysis import analyze, render_reports
-from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
 from tests.support.quality_rows import add_quality, write_variant
 
 

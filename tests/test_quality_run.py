@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from deploy import launcher
 from deploy.servers import server_commands
 from loadtest.cli import app
-from loadtest.plan import Plan
+from core.plan import Plan
 from loadtest.quality.measure import DUMMY_REASON, EMULATOR_REASON, ORIGIN_FILE, measure_variant, weights_of
 from loadtest.resume import prepare, resume
 from loadtest.runner import Sweep, new_run_dir

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from deploy.servers import server_commands
-from loadtest.plan import Plan
+from core.plan import Plan
 from loadtest.quality.measure import measure_variant
 from tests.support.tiny_model import WORDS
 from tests.support.tiny_weights import make_tiny_weighted_model

@@ -6,10 +6,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from core.plan import parse_plan
 from deploy.launcher import ServerCommand
 from deploy.render import kubernetes as k8s
 from deploy.servers import server_commands
-from loadtest.plan import parse_plan
 
 K8S_VERSION = kubernetes_validate.latest_version()  # the newest schemas the package ships
 SENTINEL = "sk-ridgeline-SENTINEL-7f3a9c"

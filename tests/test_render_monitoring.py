@@ -18,13 +18,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.plan import parse_plan
+from core.records import RequestRecord
 from deploy import launcher
-from deploy.render import render_monitoring
-from deploy.render import grafana
+from deploy.render import grafana, render_monitoring
 from deploy.render.prometheus import CLIENT_JOB, SERVERS_JOB, duration, publish_targets, target_entry
 from loadtest.exporter import ClientExporter
-from loadtest.plan import parse_plan
-from loadtest.records import RequestRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = ROOT / "tests" / "data" / "vllm_metrics" / "metrics.txt"

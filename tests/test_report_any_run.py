@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from analysis import analyze, render_reports
 from analysis.charts import CHARTS
 from analysis.pipeline import compute
-from analysis.synthetic import StepModel, closed_loop, manifest, metrics_for, plan_dict, telemetry_for
-from loadtest.records import REQUEST_SCHEMA
-from loadtest.results import RunDir, atomic_write_table
+from tests.support.synthetic import StepModel, closed_loop, manifest, metrics_for, plan_dict, telemetry_for
+from core.records import REQUEST_SCHEMA
+from core.results import RunDir, atomic_write_table
 from loadtest.telemetry import write_telemetry
 
 KINDS = ("ok", "one_token", "unfinished", "errors_only", "one_request", "no_request")

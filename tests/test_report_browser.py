@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from analysis import analyze, render_reports
-from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
 from tests.support.quality_rows import add_quality
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 import pytest
 
 from analysis import analyze, render_reports
-from analysis.synthetic import RunModel, StepModel, build_run, plan_dict
+from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'

@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from deploy import fault_server, launcher
-from loadtest.plan import parse_plan
+from core.plan import parse_plan
+from deploy import launcher
 from loadtest.resume import ResumeError, plan_diff, prepare, resume
 from loadtest.runner import RunInterrupted, Sweep, new_run_dir
+from testdoubles import fault_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -207,8 +208,8 @@ def test_plan_diff_names_nested_paths():
 
 
 def test_warnings_of_what_runs_again_become_history(tmp_path):
+    from core.results import RunDir
     from loadtest.resume import ResumeState, merge_manifest
-    from loadtest.results import RunDir
 
     plan = parse_plan("variants: [{name: fp16}, {name: gptq}]\nsweep: {concurrency: [1, 4], duration_s: 1}\n", "p.yaml")
     state = ResumeState(RunDir(tmp_path), plan, "p.yaml", changes=[], total=4)

@@ -4,9 +4,17 @@ import math
 
 import pytest
 
-from deploy.catalog import get_gpu, load_model
-from deploy.roofline import (Bound, StepCost, bound, compute_dtype, decode_step_cost, kv_capacity_tokens,
-                             prefill_cost, ridge_batch)
+from core.hardware.catalog import get_gpu, load_model
+from core.hardware.roofline import (
+    Bound,
+    StepCost,
+    bound,
+    compute_dtype,
+    decode_step_cost,
+    kv_capacity_tokens,
+    prefill_cost,
+    ridge_batch,
+)
 
 M8 = load_model("llama-3-8b")
 H100 = get_gpu("h100-sxm")

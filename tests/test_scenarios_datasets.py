@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from loadtest.plan import ScenarioSpec
+from core.plan import ScenarioSpec
 from scenarios.datasets import Dataset, DatasetError, load_dataset
 from scenarios.workload import build_workload
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from loadtest.plan import LengthSpec
+from core.plan import LengthSpec
 from scenarios.lengths import sample_lengths
 
 N = 100_000

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from loadtest.plan import ScenarioSpec, parse_plan
-from scenarios.builtins import BUILTINS, listing
+from core.plan import ScenarioSpec, parse_plan
+from core.scenario_builtins import BUILTINS, listing
 from scenarios.openai_stream import Timeouts, make_client
 from scenarios.prompts import ScenarioError, TokenizerPrompter, WordPrompter, load_tokenizer
 from scenarios.users import StepControl, send_one

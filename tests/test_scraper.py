@@ -13,9 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.records import METRIC_SCHEMA
+from core.records import METRIC_SCHEMA
 from loadtest.scraper import (
-    DURATION, GAP, RESET, UP, Scraper, count_resets, failure_reason, parse_page, restarted,
+    DURATION,
+    GAP,
+    RESET,
+    UP,
+    Scraper,
+    count_resets,
+    failure_reason,
+    parse_page,
+    restarted,
 )
 
 CAPTURE = Path(__file__).parent / "data" / "vllm_metrics" / "metrics.txt"

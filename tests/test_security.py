@@ -16,11 +16,12 @@ import psutil
 import pytest
 import yaml
 
-from deploy import fault_server, launcher
-from loadtest.plan import PlanError, parse_plan
-from loadtest.results import ResultsError, RunDir, safe_child
+from core.plan import PlanError, parse_plan
+from core.results import ResultsError, RunDir, safe_child
+from core.secrets import SecretError, read_api_key, redact
+from deploy import launcher
 from loadtest.runner import Sweep, new_run_dir
-from loadtest.secrets import SecretError, read_api_key, redact
+from testdoubles import fault_server
 from tests.support.source_tree import project_files
 
 pytestmark = pytest.mark.timeout(180)
@@ -126,7 +127,7 @@ def test_api_key_from_a_file(tmp_path):
 
 
 def test_redact_masks_the_token_and_the_header_value():
-    from loadtest.secrets import secrets_in_headers
+    from core.secrets import secrets_in_headers
 
     s = secrets_in_headers({"Authorization": "Bearer abcdef123", "Accept": "x"})
     assert redact("got Bearer abcdef123 and abcdef123!", s) == "got *** and ***!"
@@ -237,8 +238,8 @@ def _listening(pid: int) -> list[str]:
 @pytest.mark.parametrize("module,args", [
     ("deploy.emulator", ["--gpu", "h100-sxm", "--model", "llama-3-8b", "--weights", "fp16", "--kv-cache-dtype",
                          "auto", "--served-model-name", "m"]),
-    ("deploy.fault_server", []),
-    ("deploy.null_server", []),
+    ("testdoubles.fault_server", []),
+    ("testdoubles.null_server", []),
 ], ids=["emulator", "fault_server", "null_server"])
 def test_servers_bind_loopback_by_default(tmp_path, module, args):
     port = launcher.free_port()

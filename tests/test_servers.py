@@ -17,11 +17,11 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from core.plan import Plan, parse_plan
 from deploy import launcher
 from deploy.servers import ServersError, gpu_assignment, server_commands
 from deploy.vllm_command import CommandError
 from loadtest.cli_deploy import deploy_app, state_path
-from loadtest.plan import Plan, parse_plan
 
 PLAN_8B = """
 name: llama31-8b
@@ -95,7 +95,7 @@ def test_served_model_name_load_format_and_kv_scales(key):
     c = server_commands(plan, PORTS)[3]
     i = c.argv.index("--load-format")
     assert c.argv[i + 1] == "dummy" and c.argv[c.argv.index("--served-model-name") + 1] == "llama"
-    from deploy.variants import resolve
+    from core.hardware.variants import resolve
     from deploy.vllm_command import vllm_argv
 
     argv = vllm_argv(plan, resolve(plan.variants[3]), "127.0.0.1", 1, calculate_kv_scales=True)

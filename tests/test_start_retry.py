@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from analysis.summary import analyze
-from deploy import fault_server, launcher
-from loadtest.plan import parse_plan
+from deploy import launcher
+from testdoubles import fault_server
+from core.plan import parse_plan
 from loadtest.runner import Sweep, new_run_dir
 
 pytestmark = pytest.mark.timeout(120)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from core.plan import parse_plan
 from deploy.launcher import ServerCommand
-from loadtest.plan import parse_plan
 from loadtest.runner import Sweep, new_run_dir
 
 PLAN = """

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from core.hardware.catalog import load_model
+from core.plan import Plan
 from deploy import launcher, verify
-from deploy.catalog import load_model
 from deploy.servers import server_commands
-from loadtest.plan import Plan
-from tests.support.tiny_model import CONFIG as TINY, GROUP_SIZE, make_tiny_model
+from tests.support.tiny_model import CONFIG as TINY
+from tests.support.tiny_model import GROUP_SIZE, make_tiny_model
 
 LOGS = Path(__file__).parent / "data" / "vllm_logs"
 METRICS = Path(__file__).parent / "data" / "vllm_metrics" / "metrics.txt"

@@ -27,7 +27,7 @@ def _fresh_memo(monkeypatch):
 
 def test_a_program_without_the_flag_gets_none_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("RIDGELINE_CACHE", str(tmp_path))
-    prog = [sys.executable, "-m", "deploy.fault_server"]
+    prog = [sys.executable, "-m", "testdoubles.fault_server"]
     flags, _ = accepted_flags(prog)
     assert "--fail-first-start" in flags and MFU_FLAG not in flags
     args, note = mfu_args(prog, "auto", [])

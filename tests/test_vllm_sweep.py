@@ -23,8 +23,8 @@ import pandas as pd
 import psutil
 import pytest
 
+from core.results import RunDir
 from deploy import gpu_info, launcher
-from loadtest.results import RunDir
 from tests.support.vllm_env import SKIP_REASON, vllm_python
 from tests.support.vllm_plan import runnable_plan
 

@@ -14,7 +14,9 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis import fmt
-from analysis.charts import _plt, _save, label
+from analysis.fmt import label
+from analysis.plotting import pyplot as _plt
+from analysis.plotting import save as _save
 
 AXES = [("ppl_change_pct", "perplexity change against {b} (%)"), ("kl_mean", "mean KL from {b} (nats, lower bound)"),
         ("accuracy_delta_points", "task accuracy change against {b} (points)")]

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from analysis import fmt
 from analysis.quality.flags import BROKEN_KL_NATS, BROKEN_PPL_CHANGE_PCT
-from analysis.report_tables import Row, Table
+from analysis.table_model import Row, Table
 
 HEADERS = ["variant", "weights", "status", "perplexity", "ppl change", "interval", "KL (nats)", "interval",
            "first token", "matched prefix", "exact match", "task accuracy", "interval", "accuracy change (points)",

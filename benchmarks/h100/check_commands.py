@@ -37,8 +37,8 @@ def flag(argv: list[str], name: str) -> Optional[str]:
 
 
 def check_plan(path: Path) -> list[str]:
+    from core.plan import load_plan
     from deploy.servers import server_commands
-    from loadtest.plan import load_plan
 
     plan = load_plan(path)
     problems = []

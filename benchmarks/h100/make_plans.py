@@ -120,7 +120,7 @@ def render(plan: dict[str, Any], window: str, gpu: str = "h100-sxm") -> str:
 def accepted(text: str, source: str) -> Optional[str]:
     """None when the plan schema takes the plan, else its error."""
     sys.path.insert(0, str(REPO))
-    from loadtest.plan import PlanError, parse_plan
+    from core.plan import PlanError, parse_plan
 
     try:
         parse_plan(text, source)

@@ -29,7 +29,7 @@ GROUPS = {
     "vllm": ["vllm", "vllm.entrypoints.openai.api_server"],
     "ridgeline": ["loadtest.cli", "locust", "gevent", "geventhttpclient", "zmq", "pydantic", "typer", "rich",
                   "pandas", "pyarrow", "prometheus_client", "matplotlib", "yaml", "aiohttp", "psutil", "tokenizers",
-                  "numpy", "loadtest.plan", "loadtest.runner", "deploy.launcher", "deploy.servers",
+                  "numpy", "core.plan", "loadtest.runner", "deploy.launcher", "deploy.servers",
                   "scenarios.workload", "analysis"],
 }
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 from aiohttp import web
 
-from deploy.catalog import CatalogError, gpu_names, model_names
+from core.hardware.catalog import CatalogError, gpu_names, model_names
 
 
 def _json_dict(flag: str, text: Optional[str]) -> dict:

@@ -12,11 +12,17 @@ import bisect
 import time
 from typing import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the server)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the server)
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import HistogramMetricFamily
 
-from deploy.catalog import GPUSpec
+from core.hardware.catalog import GPUSpec
 from deploy.emulator.engine import Request, ScheduledStep, StepOutput
 from deploy.emulator.perf_model import step_power_w
 

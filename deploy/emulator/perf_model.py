@@ -22,7 +22,7 @@ little per step and per byte.
 Every calibration constant lives in `Calibration`, each with the measurement it was fitted to (vLLM
 0.24.0, Llama-3-8B, 512 prompt / 256 output tokens on one H100: ridgeline's own sweep for the INT4
 and API-server constants, the earlier bench anchors in shared/anchors/h100_vllm_0.24 for the rest).
-Fractions apply to the GPU's achievable ceilings from deploy/catalog.py, so other GPUs scale by
+Fractions apply to the GPU's achievable ceilings from core/hardware/catalog.py, so other GPUs scale by
 their own datasheet figures.
 """
 
@@ -31,8 +31,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Optional
 
-from deploy.catalog import GPUSpec, ModelSpec, kv_dtype_bytes, weight_bits
-from deploy.roofline import ACT_BYTES, act_bytes_per_token, compute_dtype
+from core.hardware.catalog import GPUSpec, ModelSpec, kv_dtype_bytes, weight_bits
+from core.hardware.roofline import ACT_BYTES, act_bytes_per_token, compute_dtype
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Calibration:
     anchors at once (output tok/s, median ITL, median TTFT and TPOT of fp16, AWQ and FP8-KV at every
     measured concurrency, plus the anchors' "gptq" files, which served fp16 weights), with the engine
     driven in simulated time like `vllm bench serve` (benchmarks/emulator_calibration.py prints the
-    result). Fractions are of the GPU's achievable ceilings in deploy/catalog.py.
+    result). Fractions are of the GPU's achievable ceilings in core/hardware/catalog.py.
     """
 
     # Soft-max exponent of every kernel roofline: fits the H100 bf16 linear-layer table

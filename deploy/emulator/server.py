@@ -23,14 +23,14 @@ from typing import Any, Optional
 
 from aiohttp import web
 
-from deploy.catalog import GPUSpec, ModelSpec, get_gpu, load_model
+from core.hardware.catalog import GPUSpec, ModelSpec, get_gpu, load_model
+from core.hardware.roofline import activation_reserve_bytes, compute_dtype, kv_capacity_tokens
 from deploy.emulator.engine import BLOCK_SIZE, EngineConfig, EngineCore, Request
 from deploy.emulator.metrics import CONTENT_TYPE_LATEST, EmulatorMetrics
 from deploy.emulator.perf_model import PerfModel, calibration_for
 from deploy.emulator.runtime import AsyncEngine
 from deploy.emulator.sim import default_limits
 from deploy.emulator.streams import Stream, error_response, set_fingerprint
-from deploy.roofline import activation_reserve_bytes, compute_dtype, kv_capacity_tokens
 
 log = logging.getLogger("deploy.emulator")
 

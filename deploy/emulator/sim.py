@@ -12,10 +12,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from deploy.catalog import GPUSpec, ModelSpec, get_gpu, load_model
+from core.hardware.catalog import GPUSpec, ModelSpec, get_gpu, load_model
+from core.hardware.roofline import kv_capacity_tokens
 from deploy.emulator.engine import BLOCK_SIZE, EngineConfig, EngineCore, FrontendQueue, Request
 from deploy.emulator.perf_model import Calibration, PerfModel, calibration_for
-from deploy.roofline import kv_capacity_tokens
 
 
 @dataclass

@@ -26,9 +26,12 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from deploy.catalog import catalog_model
+from core.hardware.catalog import catalog_model
+from core.parallel import ParallelSizeError, gpus_per_replica
+from core.plan import PlanError, load_plan
+from core.secrets import is_secret_name, read_api_key
 from deploy.launcher import ServerCommand
-from loadtest.telemetry import TelemetryError, gpus_per_replica
+from deploy.servers import server_commands
 
 PART_OF = "ridgeline"
 VARIANT_LABEL = "ridgeline.io/variant"
@@ -147,8 +150,6 @@ def engine_args(argv: list[str]) -> list[str]:
 def _secret_values(plan: Any) -> list[str]:
     """Credentials the render must never write: the plan's API key, when it can be had here."""
     try:
-        from loadtest.secrets import read_api_key
-
         key = read_api_key(plan.api_key_env, plan.api_key_file)
     except Exception:  # noqa: BLE001 - no key here means nothing to hide
         key = None
@@ -173,8 +174,6 @@ def _pod_args(args: list[str], secrets: list[str]) -> list[str]:
 # --- the servers --------------------------------------------------------------------------------
 
 def _server_env(plan: Any, cmd: ServerCommand, secrets: list[str]) -> list[dict[str, Any]]:
-    from loadtest.secrets import is_secret_name
-
     k = plan.kubernetes
     env: dict[str, dict[str, Any]] = {}
     for name, value in sorted(cmd.env.items()):
@@ -471,8 +470,6 @@ def _kustomization(plan: Any, resources: list[str]) -> dict[str, Any]:
 def manifests(plan: Any, commands: Optional[list[ServerCommand]] = None) -> dict[str, dict[str, Any]]:
     """Every file to write (relative path -> one object), from the plan and its server commands."""
     if commands is None:
-        from deploy.servers import server_commands
-
         # no key at render time: the pods read it from a Secret; every port is the pod's own
         commands = server_commands(plan.model_copy(update={"backend": "vllm"}),
                                    ports={v.name: plan.kubernetes.port for v in plan.variants}, api_key=None)
@@ -486,7 +483,7 @@ def manifests(plan: Any, commands: Optional[list[ServerCommand]] = None) -> dict
         names[n] = cmd.variant
         try:
             gpus_per_replica(cmd.argv)
-        except TelemetryError as exc:
+        except ParallelSizeError as exc:
             raise RenderError(f"variant {cmd.variant}: {exc}") from None
     secrets = _secret_values(plan)
     files: dict[str, dict[str, Any]] = {"namespace.yaml": namespace(plan)}
@@ -539,8 +536,6 @@ def render_kubernetes(plan: Any, out_dir: Union[str, Path],
 
 def main(argv: Optional[list[str]] = None) -> int:
     """python -m deploy.render.kubernetes plan.yaml --out DIR"""
-    from loadtest.plan import PlanError, load_plan
-
     ap = argparse.ArgumentParser(prog="python -m deploy.render.kubernetes",
                                  description="Write Kubernetes manifests (kustomize) for a plan.")
     ap.add_argument("plan")

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from loadtest.prom_reader import instance_of
+from core.net import instance_of
 
 SERVERS_JOB = "ridgeline-servers"
 CLIENT_JOB = "ridgeline-client"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
-from loadtest.plan_quality import EvalRecord
+from core.plan_quality import EvalRecord
 from loadtest.quality.base import COMPLETIONS, Collector, Context, NotMeasurable, Output
 from loadtest.quality.client import ServerAnswerError, first_choice
 from loadtest.quality.rows import LIKELIHOOD_SCHEMA, table

@@ -19,15 +19,15 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from deploy.launcher import ServerCommand
-from deploy.variants import resolve
+from core.hardware.variants import resolve
 from deploy.vllm_command import checkpoint, flag_name
-from loadtest.plan import Plan
-from loadtest.plan_quality import QualitySpec, file_sha256
+from core.plan import Plan
+from core.plan_quality import QualitySpec, file_sha256
 from loadtest.quality.base import Context, NotMeasurable
 from loadtest.quality.client import QualityClient, ServerAnswerError
 from loadtest.quality.registry import COLLECTORS
 from loadtest.quality.rows import DONE, FAILED, MEASURED, NOT_MEASURED, QUALITY_JSON
-from loadtest.results import ResultsError, atomic_write_json, atomic_write_table, safe_child
+from core.results import ResultsError, atomic_write_json, atomic_write_table, safe_child
 
 QUALITY_DIR = "quality"
 ORIGIN_FILE = "ridgeline_quality.json"  # a checkpoint's own note of what its weights are (docs/quality.md)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from loadtest.plan_quality import EvalRecord
+from core.plan_quality import EvalRecord
 from loadtest.quality.base import Collector, Context, Output, answer_at_temperature_0, first
 from loadtest.quality.rows import TASK_SCHEMA, table
 

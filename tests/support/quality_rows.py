@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from loadtest.results import atomic_write_json, atomic_write_table
+from core.results import atomic_write_json, atomic_write_table
 
 LIKELIHOOD_SCHEMA = pa.schema([("doc_id", pa.string()), ("position", pa.int32()), ("token", pa.string()),
                                ("logprob", pa.float64()), ("top_tokens", pa.list_(pa.string())),

@@ -74,6 +74,6 @@ def make_tiny_model(d: Union[str, Path], quant: Quant = None) -> Path:
 
 def tiny_param_count() -> int:
     """Parameters of the tiny model (what 16-bit weights would occupy / 2 bytes)."""
-    from deploy.catalog import model_from_config
+    from core.hardware.catalog import model_from_config
 
     return model_from_config(CONFIG, "tiny").params

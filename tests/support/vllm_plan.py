@@ -13,8 +13,8 @@ import signal
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
+from core.plan import Plan
 from deploy.launcher import Server, ServerCommand
-from loadtest.plan import Plan
 from tests.support.tiny_model import make_tiny_model
 from tests.support.vllm_env import vllm_python
 

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loadtest.records import METRIC_SCHEMA, REQUEST_SCHEMA, RequestRecord, StepInfo, records_to_table
+from core.records import METRIC_SCHEMA, REQUEST_SCHEMA, RequestRecord, StepInfo, records_to_table
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"

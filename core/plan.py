@@ -13,7 +13,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loadtest.plan_quality import QualitySpec
+from core.plan_quality import QualitySpec
+from core.scenario_builtins import apply_builtin
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
@@ -114,8 +115,6 @@ class ScenarioSpec(_Strict):
     def _builtin(cls, data: Any) -> Any:
         """A built-in scenario's defaults, under the keys the plan gives."""
         if isinstance(data, dict) and data.get("builtin") is not None:
-            from scenarios.builtins import apply_builtin
-
             return apply_builtin(data)
         return data
 

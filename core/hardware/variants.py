@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from loadtest.plan import VariantSpec
+from core.plan import VariantSpec
 
 
 class VariantError(ValueError):

@@ -17,8 +17,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import pyarrow as pa
 
-from loadtest.records import METRIC_SCHEMA, REQUEST_SCHEMA, StepInfo
-from loadtest.results import RunDir
+from core.records import METRIC_SCHEMA, REQUEST_SCHEMA, StepInfo
+from core.results import RunDir
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -215,7 +215,7 @@ def telemetry_for(variant: str, step: int, info: StepInfo, m: StepModel, gpus: i
                   interval_s: float = 1.0) -> pa.Table:
     """GPU samples over the step: each GPU draws `m.power_w` throughout, so a window's energy is
     power x GPUs x its length; the cumulative energy counter and the power readings agree."""
-    from loadtest import telemetry as tm
+    from core import telemetry as tm
 
     t0 = info.started - interval_s
     times = np.arange(t0, (info.ended or info.window_end or info.started) + 2 * interval_s, interval_s)
@@ -261,7 +261,7 @@ def manifest(plan: dict[str, Any], steps: list[StepInfo], servers: Optional[dict
 
 def plan_dict(variants: list[str], baseline: Optional[str] = None, **overrides: Any) -> dict[str, Any]:
     """A plan (as the manifest stores it) for the named variants, validated by the real schema."""
-    from loadtest.plan import Plan
+    from core.plan import Plan
 
     data: dict[str, Any] = {"name": "synthetic", "variants": [{"name": v} for v in variants]}
     if baseline:
@@ -303,7 +303,7 @@ def build_run(path: Union[str, Path], model: RunModel) -> RunDir:
                                                           flops_per_token=model.flops_per_token,
                                                           read_bytes_per_token=model.read_bytes_per_token))
             if m.power_w is not None:
-                from loadtest.telemetry import write_telemetry
+                from core.telemetry import write_telemetry
 
                 write_telemetry(run, variant, i, telemetry_for(variant, i, info, m, model.gpus, model.telemetry_source))
             infos.append(info)
@@ -314,6 +314,6 @@ def build_run(path: Union[str, Path], model: RunModel) -> RunDir:
 
 
 def _write(run: RunDir, variant: str, step: int, table: pa.Table) -> None:
-    from loadtest.results import atomic_write_table
+    from core.results import atomic_write_table
 
     atomic_write_table(run.requests_path(variant, step), table)

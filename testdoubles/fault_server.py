@@ -58,6 +58,8 @@ from typing import Optional
 import aiohttp
 from aiohttp import web
 
+from deploy.launcher import ServerCommand
+
 FAULTS = ("ok", "die_after", "close_after_headers", "hang", "stall_after", "drip", "status", "malformed",
           "bad_sse", "truncated", "usage_mismatch", "bad_usage", "no_done", "error_event", "echo_auth",
           "exit_after")
@@ -350,16 +352,14 @@ class FaultServer:
 def command(port: int, events: int = 16, ttft_ms: float = 0.0, gap_ms: float = 0.0, error_rate: float = 0.0,
             extra: Optional[list[str]] = None, variant: str = "fault", startup_timeout_s: float = 30.0):
     """The launcher command that starts this server on loopback (tests and the soak use it)."""
-    from deploy.launcher import ServerCommand
-
-    argv = [sys.executable, "-m", "deploy.fault_server", "--port", str(port), "--events", str(events),
+    argv = [sys.executable, "-m", "testdoubles.fault_server", "--port", str(port), "--events", str(events),
             "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms), "--error-rate", str(error_rate)] + list(extra or [])
     return ServerCommand(variant, argv, port=port, startup_timeout_s=startup_timeout_s,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m deploy.fault_server", description=__doc__, allow_abbrev=False,
+    ap = argparse.ArgumentParser(prog="python -m testdoubles.fault_server", description=__doc__, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless told otherwise)")
     ap.add_argument("--port", type=int, default=8100)

@@ -74,7 +74,7 @@ class NullServer:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m deploy.null_server", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m testdoubles.null_server", description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8100)
     ap.add_argument("--events", type=int, default=64, help="token events per request (0: max_tokens)")

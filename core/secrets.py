@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+from core.results import atomic_write_bytes
+
 MASK = "***"
 # header and environment names whose values are credentials
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "AUTHORIZATION", "CREDENTIAL")
@@ -109,7 +111,5 @@ def scrub_file(path: Path, secrets: Iterable[str]) -> bool:
         out = out.replace(s.encode("utf-8"), MASK.encode())
     if out == data:
         return False
-    from loadtest.results import atomic_write_bytes
-
     atomic_write_bytes(path, out)
     return True

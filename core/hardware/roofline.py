@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from deploy.catalog import GPUSpec, ModelSpec, kv_dtype_bytes, weight_bits
+from core.hardware.catalog import GPUSpec, ModelSpec, kv_dtype_bytes, weight_bits
 
 ACT_BYTES = 2.0  # activations are 16-bit
 
