@@ -16,9 +16,11 @@ from core.hardware.variants import resolve
 from core.plan import Plan, SLOSpec
 from core.records import StepInfo
 from core.results import ResultsError, RunDir
+from core.defaults import (
+    DEFAULT_E2E_S, DEFAULT_GPU, DEFAULT_ITL_S, DEFAULT_MODEL, DEFAULT_THRESHOLDS, DEFAULT_TPOT_S, DEFAULT_TTFT_S,
+)
 from core.telemetry import telemetry_path
 
-DEFAULT_THRESHOLDS = (1.5, 1.2, 1.0)
 _STEP_FILE = re.compile(r"^step-(\d+)\.parquet$")
 
 
@@ -30,10 +32,10 @@ class AnalysisError(ResultsError):
 class SLO:
     """Per-request service levels (None: not checked)."""
 
-    ttft_s: Optional[float] = 2.0
-    itl_s: Optional[float] = 0.1
-    tpot_s: Optional[float] = None
-    e2e_s: Optional[float] = None
+    ttft_s: Optional[float] = DEFAULT_TTFT_S
+    itl_s: Optional[float] = DEFAULT_ITL_S
+    tpot_s: Optional[float] = DEFAULT_TPOT_S
+    e2e_s: Optional[float] = DEFAULT_E2E_S
 
     def describe(self) -> str:
         parts = []
@@ -233,7 +235,7 @@ def load_run(run_dir: Union[str, Path, RunDir]) -> RunInfo:
     return RunInfo(
         run=run, manifest=manifest, name=str(raw.get("name") or run.path.name), backend=backend,
         baseline=str(baseline), variants=names, mode=mode, slo=slo, thresholds=thresholds,
-        model=str(raw.get("model") or "llama-3-8b"), gpu=str(raw.get("gpu") or "h100-sxm"),
+        model=str(raw.get("model") or DEFAULT_MODEL), gpu=str(raw.get("gpu") or DEFAULT_GPU),
         gpu_overrides=overrides, prompt_tokens_hint=_length_hint(scenario.get("prompt_tokens")),
         output_tokens_hint=_length_hint(scenario.get("output_tokens")), steps=steps,
         variant_info=variant_info, plan=plan, warnings=warnings,

@@ -24,6 +24,7 @@ from analysis.prefix_cache import leak_sentence
 from analysis.roofline import explain
 from analysis.roofline_gap import gap_table
 from analysis.speedup import SLO_ATTAINMENT, interval
+from core.hardware.formats import INT4_FORMATS
 from core.results import (
     RunDir,
     atomic_write_json,
@@ -121,7 +122,7 @@ def served_problem(a: Analysis, variant: str) -> Optional[str]:
     if vi is None or vi.served_verdict != "mismatch":
         return None
     why = "; ".join(vi.served_reasons[:2])
-    if vi.weights in ("awq", "gptq", "w4a16"):
+    if vi.weights in INT4_FORMATS:
         text = f"{variant} ran at 16-bit size: not INT4"
     elif vi.kv_cache_dtype.startswith("fp8"):
         text = f"{variant} did not run with an FP8 KV cache"

@@ -13,13 +13,15 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core import defaults
+from core.errors import RidgelineError
 from core.plan_quality import QualitySpec
 from core.scenario_builtins import apply_builtin
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
 
-class PlanError(ValueError):
+class PlanError(RidgelineError, ValueError):
     """A plan that cannot be run; the message names the file, the key path and the reason."""
 
     def __init__(self, source: str, problems: list[tuple[str, Optional[int], str]]):
@@ -233,10 +235,10 @@ class SweepSpec(_Strict):
 class SLOSpec(_Strict):
     """Per-request service levels; goodput counts requests meeting all of them."""
 
-    ttft_s: Optional[float] = Field(default=2.0, gt=0)
-    itl_s: Optional[float] = Field(default=0.1, gt=0, description="per-request p99 inter-token gap")
-    tpot_s: Optional[float] = Field(default=None, gt=0)
-    e2e_s: Optional[float] = Field(default=None, gt=0)
+    ttft_s: Optional[float] = Field(default=defaults.DEFAULT_TTFT_S, gt=0)
+    itl_s: Optional[float] = Field(default=defaults.DEFAULT_ITL_S, gt=0, description="per-request p99 inter-token gap")
+    tpot_s: Optional[float] = Field(default=defaults.DEFAULT_TPOT_S, gt=0)
+    e2e_s: Optional[float] = Field(default=defaults.DEFAULT_E2E_S, gt=0)
 
 
 class TimeoutSpec(_Strict):
@@ -470,16 +472,16 @@ class Plan(_Strict):
 
     name: str = "run"
     backend: Literal["emulator", "vllm", "external"] = "emulator"
-    model: str = Field(default="llama-3-8b", description="catalogue name or a directory with config.json")
+    model: str = Field(default=defaults.DEFAULT_MODEL, description="catalogue name or a directory with config.json")
     served_model_name: Optional[str] = None
-    gpu: str = Field(default="h100-sxm", description="GPU catalogue name (roofline and emulator)")
+    gpu: str = Field(default=defaults.DEFAULT_GPU, description="GPU catalogue name (roofline and emulator)")
     gpu_overrides: dict[str, float] = Field(default_factory=dict)
     variants: list[VariantSpec]
     baseline: Optional[str] = None
     scenario: ScenarioSpec = Field(default_factory=ScenarioSpec)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     slo: SLOSpec = Field(default_factory=SLOSpec)
-    thresholds: list[float] = Field(default_factory=lambda: [1.5, 1.2, 1.0])
+    thresholds: list[float] = Field(default_factory=lambda: list(defaults.DEFAULT_THRESHOLDS))
     timeouts: TimeoutSpec = Field(default_factory=TimeoutSpec)
     server: ServerSpec = Field(default_factory=ServerSpec)
     scrape: ScrapeSpec = Field(default_factory=ScrapeSpec)

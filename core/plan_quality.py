@@ -17,10 +17,12 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import RidgelineError
+
 SCORERS = ("exact", "contains", "regex", "numeric")
 
 
-class EvalFileError(ValueError):
+class EvalFileError(RidgelineError, ValueError):
     """An eval file that cannot be used; names the file, the line (when there is one) and why."""
 
     def __init__(self, path: str, line: Optional[int], reason: str):

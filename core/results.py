@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.errors import RidgelineError
 from core.records import METRIC_SCHEMA, REQUEST_SCHEMA, RequestRecord, StepInfo, records_to_table
 
 MANIFEST = "manifest.json"
@@ -34,7 +35,7 @@ SUMMARY = "summary.json"
 STEPS = "steps.parquet"
 
 
-class ResultsError(RuntimeError):
+class ResultsError(RidgelineError, RuntimeError):
     """A results directory that cannot be read or written."""
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+from core.errors import RidgelineError
 from core.results import atomic_write_bytes
 
 MASK = "***"
@@ -21,7 +22,7 @@ SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "AUTHORIZATION", "CREDENTI
 MIN_SECRET_LEN = 4
 
 
-class SecretError(ValueError):
+class SecretError(RidgelineError, ValueError):
     """An API key that the plan points at but that cannot be had."""
 
 

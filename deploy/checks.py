@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from core.errors import RidgelineError
 from core.hardware.catalog import CatalogError, load_model, model_from_config
+from core.hardware.formats import FORMATS, INT4_FORMATS
 from core.hardware.variants import Variant, VariantError, resolve
 from core.plan import Plan
 from core.secrets import SecretError, read_api_key
@@ -35,8 +37,8 @@ FP8_KV_FP16_HOPPER = ("For FP16/BF16 input, output must have the same dtype as i
                       "For FP8 input, output must have dtype BF16")
 FP8_NO_NATIVE = "Your GPU does not have native support for FP8 computation but FP8 quantization is being used"
 # the checkpoint quant_method each weight format needs (None: an unquantized checkpoint)
-CHECKPOINT_METHODS: dict[str, set[Optional[str]]] = {"awq": {"awq"}, "gptq": {"gptq"},
-                                                      "w4a16": {"compressed-tensors"}, "fp8": {"fp8", None}}
+CHECKPOINT_METHODS: dict[str, set[Optional[str]]] = {
+    name: set(f.checkpoint_methods) for name, f in FORMATS.items() if f.vllm_methods}
 # compute capability each --quantization needs in the vLLM releases this project targets
 MIN_CC = {
     "awq_marlin": (8.0, "Marlin INT4 kernels (awq_marlin) need compute capability 8.0 (Ampere) or newer"),
@@ -76,7 +78,7 @@ class Finding:
         return {"level": self.level, "variant": self.variant, "message": self.message}
 
 
-class CheckError(ValueError):
+class CheckError(RidgelineError, ValueError):
     """The plan cannot be launched as written; carries every finding."""
 
     def __init__(self, findings: list[Finding]):
@@ -166,7 +168,8 @@ def checkpoint_quant(cfg: dict) -> tuple[Optional[str], dict]:
 
 
 def _label(weights: str) -> str:
-    return {"awq": "AWQ INT4", "gptq": "GPTQ INT4", "w4a16": "W4A16 INT4", "fp8": "FP8", "fp16": "16-bit", "bf16": "16-bit"}[weights]
+    f = FORMATS[weights]
+    return f.label if f.vllm_methods else "16-bit"
 
 
 GPTQ_DUMMY = ("{path}: a GPTQ quantization_config without modules_in_block_to_quantize, loaded with --load-format "
@@ -202,7 +205,7 @@ def check_checkpoint(v: Variant, model: str, cache_dirs: Optional[list[Path]] = 
                         f"config ({method}) does not match the quantization method specified in the `quantization` "
                         f"argument ({v.quantization})'")]
     out = []
-    if v.weights in ("awq", "gptq"):
+    if v.weights in INT4_FORMATS:
         bits = qc.get("bits", qc.get("w_bit"))
         if bits is not None and bits != 4:
             out.append(Finding(ERROR, v.name, f"asks for {_label(v.weights)} but {path} says bits {bits}"))

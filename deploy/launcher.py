@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from core.errors import RidgelineError
 from core.net import free_port  # noqa: F401 - launcher.free_port is what callers use
 
 
-class LaunchError(RuntimeError):
+class LaunchError(RidgelineError, RuntimeError):
     """A server that could not be started; the message carries its last log lines."""
 
 

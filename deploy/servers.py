@@ -18,6 +18,7 @@ import sys
 import urllib.parse
 from typing import Any, Optional
 
+from core.errors import RidgelineError
 from core.hardware.variants import Variant, resolve
 from core.parallel import ParallelSizeError, tensor_parallel_size
 from core.plan import Plan
@@ -36,7 +37,7 @@ VLLM_BASE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "PYTHONUNBUF
 _UNSET: Any = object()
 
 
-class ServersError(ValueError):
+class ServersError(RidgelineError, ValueError):
     """A plan whose servers cannot be described (names the key and the variant)."""
 
 

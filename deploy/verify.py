@@ -22,19 +22,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.hardware.catalog import CatalogError, load_model, model_from_config
+from core.hardware.formats import FORMATS
 from core.hardware.variants import Variant, resolve
 from deploy.checks import checkpoint_quant, find_config, read_config
 
 AS_ASKED, MISMATCH, UNVERIFIED = "as-asked", "mismatch", "unverified"
 GiB = 1024**3
 
-QUANT_OF = {
-    "awq": {"awq", "awq_marlin", "auto_awq"},
-    "gptq": {"gptq", "gptq_marlin", "auto_gptq"},
-    "w4a16": {"compressed-tensors"},
-    "fp8": {"fp8", "fbgemm_fp8", "compressed-tensors", "modelopt", "fp8_per_tensor", "fp8_per_channel",
-            "fp8_per_block"},
-}
+# quantization names a running server may report for each quantized format (core.hardware.formats)
+QUANT_OF = {name: set(f.reported_methods) for name, f in FORMATS.items() if f.reported_methods}
 # kernels that run 4-bit weights (mixed-precision linear kernels across vLLM releases and platforms)
 INT4_KERNELS = ("Marlin", "Machete", "WNA16", "Exllama", "AllSpark", "Conch", "Dynamic4bit", "BitBLAS", "W4A8",
                 "W4A16", "Humming")
@@ -238,10 +234,10 @@ def judge(asked: dict[str, Any], obs: dict[str, Any], fp16_weight_gib: Optional[
     if shape is not None:  # "Model loading took" is per GPU: a tensor-parallel rank holds 1/tp of it
         tp = obs.get("tensor_parallel_size") if isinstance(obs.get("tensor_parallel_size"), int) else 1
         full = shape.weight_bytes("fp16") / GiB / max(tp, 1)
-        if w in ("awq", "gptq", "w4a16", "fp8"):
+        if w in QUANT_OF:
             quant_size = shape.weight_bytes(w) / GiB / max(tp, 1)
-    if w in ("awq", "gptq", "w4a16", "fp8"):
-        label = {"awq": "AWQ INT4", "gptq": "GPTQ INT4", "w4a16": "W4A16 INT4", "fp8": "FP8"}[w]
+    if w in QUANT_OF:
+        label = FORMATS[w].label
         if seen_cfg and q is None:
             bad.append(f"asked for {label} but the engine reports quantization=None: the weights are 16-bit")
         elif seen_cfg and q not in QUANT_OF[w]:
@@ -272,9 +268,9 @@ def judge(asked: dict[str, Any], obs: dict[str, Any], fp16_weight_gib: Optional[
             if obs["kv_cache_tokens"] <= fp16_kv_tokens * 1.01:
                 bad.append(f"KV cache holds {obs['kv_cache_tokens']:,} tokens, no more than the 16-bit variant's "
                            f"{fp16_kv_tokens:,}: the {label} weights freed no memory")
-        if w in ("awq", "gptq", "w4a16") and not bad and q in QUANT_OF[w] and not kern and weight is None:
+        if FORMATS[w].int4 and not bad and q in QUANT_OF[w] and not kern and weight is None:
             unknown.append(f"the engine names {q} but neither an INT4 kernel line nor the weight memory confirms it")
-        if w in ("awq", "gptq", "w4a16") and not bad and not kern and not (seen_cfg and q in QUANT_OF[w]):
+        if FORMATS[w].int4 and not bad and not kern and not (seen_cfg and q in QUANT_OF[w]):
             bad.append(f"no INT4 quantization method or INT4 kernel shows: cannot be labelled {label}")
     elif w in ("fp16", "bf16"):
         if seen_cfg and q is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from core.errors import RidgelineError
 from core.hardware.variants import Variant
 from core.plan import Plan
 
@@ -25,7 +26,7 @@ SECRET_FLAGS = ("--api-key",)
 PLACEHOLDERS = ("model", "host", "port", "variant", "served_model_name")
 
 
-class CommandError(ValueError):
+class CommandError(RidgelineError, ValueError):
     """A variant whose command line cannot be built as asked."""
 
 

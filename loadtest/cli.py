@@ -225,7 +225,7 @@ def _finish_quality_only(run_path: Path, plan: Plan) -> None:
     figures alone go to summary.json (key "quality") and each variant's line is printed."""
     from analysis.quality.section import quality_section
     from analysis.quality.verdict import verdict_lines
-    from loadtest.results import atomic_write_json
+    from core.results import atomic_write_json
 
     names = [v.name for v in plan.variants]
     section = quality_section(run_path, plan.model_dump(mode="json"), plan.baseline, names)

@@ -41,6 +41,7 @@ import gevent
 import psutil
 from locust.env import Environment
 
+from core.errors import RidgelineError
 from core.net import free_port
 from core.plan import ScenarioSpec
 from core.records import DRAIN, MEASURE, REQUEST_SCHEMA, RequestRecord
@@ -60,7 +61,7 @@ STATUS_EVERY_S = 0.1
 FLUSH_EVERY_S = 0.25
 
 
-class DistributedError(RuntimeError):
+class DistributedError(RidgelineError, RuntimeError):
     """Workers that did not start, set up or report; the message carries their log tail."""
 
 

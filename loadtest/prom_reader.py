@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional
 
 import pyarrow as pa
 
+from core.errors import RidgelineError
 from core.net import instance_of
 from loadtest.scraper import (
     GAP,
@@ -44,7 +45,7 @@ TARGET_LABELS = ("instance", "job")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
-class PromError(RuntimeError):
+class PromError(RidgelineError, RuntimeError):
     """Prometheus could not be asked, or refused the query; the message says which and why."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Union
 
 import pyarrow.parquet as pq
 
+from core.errors import RidgelineError
 from core.plan import Plan, PlanError, load_plan, parse_plan
 from loadtest.quality.measure import quality_todo
 from core.records import STEP_COMPLETE
@@ -29,7 +30,7 @@ PLAN_FILE = "plan.yaml"
 IGNORED = ("output_dir",)
 
 
-class ResumeError(ValueError):
+class ResumeError(RidgelineError, ValueError):
     """A run that cannot be resumed as asked; the message says why and what to do."""
 
 

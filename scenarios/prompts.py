@@ -12,6 +12,7 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
+from core.errors import RidgelineError
 from scenarios.unique import HEAD_TOKENS
 
 WORDS = (
@@ -26,7 +27,7 @@ WORDS = (
 ).split()
 
 
-class ScenarioError(ValueError):
+class ScenarioError(RidgelineError, ValueError):
     """A scenario that cannot produce traffic (bad tokenizer, bad dataset); says what and where."""
 
 

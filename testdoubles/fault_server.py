@@ -58,6 +58,7 @@ from typing import Optional
 import aiohttp
 from aiohttp import web
 
+from core.errors import RidgelineError
 from deploy.launcher import ServerCommand
 
 FAULTS = ("ok", "die_after", "close_after_headers", "hang", "stall_after", "drip", "status", "malformed",
@@ -66,7 +67,7 @@ FAULTS = ("ok", "die_after", "close_after_headers", "hang", "stall_after", "drip
 DEFAULT_ERROR_FAULTS = "die_after=2,status=500,status=429,error_event=1,truncated=2,malformed=1"
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(RidgelineError, ValueError):
     """A fault name or argument this server does not know."""
 
 

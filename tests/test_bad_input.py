@@ -168,7 +168,12 @@ def no_key(monkeypatch):
 
 
 def test_base_plan_is_valid(tmp_path):
-    parse_plan(yaml.safe_dump(_base(tmp_path)), "base.yaml")
+    """The base every case edits is itself accepted as written (so each case's error is its own)."""
+    plan = parse_plan(yaml.safe_dump(_base(tmp_path)), "base.yaml")
+    assert (plan.name, plan.backend, plan.model) == ("bad", "vllm", "llama-3-8b")
+    assert [v.name for v in plan.variants] == ["fp16"] and plan.variants[0].model == str(tmp_path / "ckpt")
+    assert plan.server.program == [sys.executable, str(tmp_path / "server.py")]
+    assert list(plan.sweep.concurrency) == [1, 2] and plan.sweep.duration_s == 1.0
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -112,7 +112,13 @@ def mutated(draw):  # noqa: ANN001, ANN201
 
 
 def test_the_valid_plan_is_valid():
-    parse_plan(yaml.safe_dump(VALID), "valid.yaml")
+    """The document the mutations start from is accepted, with the values it gives."""
+    plan = parse_plan(yaml.safe_dump(VALID), "valid.yaml")
+    assert [(v.name, v.url) for v in plan.variants] == [("a", "http://127.0.0.1:8000"), ("b", "http://127.0.0.1:8001")]
+    assert plan.variants[0].extra_args == ["--x"] and plan.variants[1].env == {"K": "v"}
+    assert plan.scenario.api == "chat" and plan.scenario.shared_prefix.prefixes == 2
+    assert list(plan.sweep.concurrency) == [1, 2, 4] and plan.slo.ttft_s == 1.0
+    assert plan.server.on_failure == "restart" and list(plan.thresholds) == [1.5, 1.0]
 
 
 @SETTINGS

@@ -56,8 +56,7 @@ def _shapes(events: list[dict], chat: bool) -> dict[str, object]:
 
 def _capture(name: str) -> str:
     p = DATA / name
-    if not p.exists():
-        pytest.skip(f"no captured vLLM stream at {p}")
+    assert p.exists(), f"no captured vLLM stream at {p} (tests/support/capture_vllm.py writes it)"
     return p.read_text(encoding="utf-8")
 
 
@@ -116,8 +115,7 @@ def test_metric_families_match_real_vllm(emulator):
     from prometheus_client.parser import text_string_to_metric_families
 
     p = DATA.parent / "vllm_metrics" / "metrics.txt"
-    if not p.exists():
-        pytest.skip(f"no captured vLLM /metrics at {p}")
+    assert p.exists(), f"no captured vLLM /metrics at {p} (tests/support/capture_vllm.py writes it)"
     real = {f.name: f.type for f in text_string_to_metric_families(p.read_text()) if f.name.startswith("vllm:")}
     with urllib.request.urlopen(emulator.url + "/metrics", timeout=10) as r:
         mine = {f.name: f.type for f in text_string_to_metric_families(r.read().decode())

@@ -4,15 +4,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import pyarrow as pa
+import pytest
 
 from analysis import energy as en
 from analysis.data import SLO
 from analysis.steps import aggregate_step, window_output_tokens
+from core.records import RequestRecord, StepInfo
+from core.results import RunDir
 from loadtest import telemetry as tm
-from loadtest.records import RequestRecord, StepInfo
-from loadtest.results import RunDir
 
 W = 300.0  # watts
 T = np.arange(0.0, 21.0, 1.0)  # one reading a second, 0..20 s

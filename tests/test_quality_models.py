@@ -20,7 +20,7 @@ import pytest
 
 from deploy import checks, verify
 from deploy.servers import server_commands
-from loadtest.plan import Plan
+from core.plan import Plan
 from tests.support.quality_models import QualityModels, origin, quality_models
 from tests.support.vllm_env import SKIP_REASON, vllm_python
 from tests.support.vllm_plan import ENGINE_ARGS, ENGINE_ENV, STARTUP_TIMEOUT_S, serving

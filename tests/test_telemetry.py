@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from analysis.energy import energy_table
+from core.plan import parse_plan
 from deploy import launcher
 from deploy.launcher import ServerCommand
 from loadtest import telemetry as tm
-from loadtest.plan import parse_plan
 from loadtest.runner import Sweep, new_run_dir
 
 DATA = Path(__file__).parent / "data" / "dcgm"

@@ -5,11 +5,11 @@ import sys
 import pytest
 
 from analysis.energy import energy_sentence, energy_table
+from core.hardware.catalog import get_gpu
+from core.plan import parse_plan
 from deploy import launcher
-from deploy.catalog import get_gpu
 from deploy.launcher import ServerCommand
 from loadtest import telemetry as tm
-from loadtest.plan import parse_plan
 from loadtest.runner import Sweep, new_run_dir
 
 PLAN = """

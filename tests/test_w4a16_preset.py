@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from deploy import checks, verify
-from deploy.catalog import weight_bits
-from deploy.variants import resolve
-from loadtest.plan import VariantSpec
+from core.hardware.catalog import weight_bits
+from core.hardware.variants import resolve
+from core.plan import VariantSpec
 from tests.test_verify import asked, captured
 
 CT_CONFIG = {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {"group_0": {
@@ -17,7 +17,7 @@ CT_CONFIG = {"quant_method": "compressed-tensors", "format": "pack-quantized", "
 def test_preset_flags_and_bits():
     v = resolve(VariantSpec(name="gptq-ct", preset="w4a16", model="/m"))
     assert (v.weights, v.quantization, v.dtype, v.kv_cache_dtype) == ("w4a16", "compressed-tensors", "bfloat16", "auto")
-    assert v.is_int4 and v.weight_bits == 4.0
+    assert v.is_int4 and v.weight_bits == 4.0 + 16.0 / 128  # the manifest and the catalogue give the same bits
     assert weight_bits("w4a16") == 4.0 + 16.0 / 128  # one 16-bit scale per group of 128, no zero point
     assert resolve(VariantSpec(name="x", quantization="compressed-tensors")).weights == "w4a16"
 

@@ -18,15 +18,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional, Union
 
+from core.errors import RidgelineError
+from core.hardware.formats import FormatError, kv_bytes, weight_format
+
 GiB = 1024**3
 MiB = 1024**2
 
 DTYPES = ("bf16", "fp16", "fp8", "int8")
-WEIGHT_FORMATS = ("fp16", "bf16", "awq", "gptq", "w4a16", "fp8")
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 
-class CatalogError(ValueError):
+class CatalogError(RidgelineError, ValueError):
     """An unknown GPU or model, a bad override, or an unreadable config.json."""
 
 
@@ -163,27 +164,19 @@ def get_gpu(name: str, overrides: Optional[dict[str, float]] = None) -> GPUSpec:
 
 
 def weight_bits(weights: str, group_size: int = 128) -> float:
-    """Stored bits per linear-layer weight: INT4 adds a fp16 scale and a 4-bit zero per group."""
-    if weights in ("fp16", "bf16"):
-        return 16.0
-    if weights == "fp8":
-        return 8.0
-    if weights in ("awq", "gptq"):  # an fp16 scale and a 4-bit zero point per group
-        if group_size <= 0:
-            raise CatalogError(f"group_size must be positive, got {group_size}")
-        return 4.0 + (16.0 + 4.0) / group_size
-    if weights == "w4a16":  # compressed-tensors, symmetric: a 16-bit scale per group, no zero point
-        if group_size <= 0:
-            raise CatalogError(f"group_size must be positive, got {group_size}")
-        return 4.0 + 16.0 / group_size
-    raise CatalogError(f"unknown weight format '{weights}' (known: {', '.join(WEIGHT_FORMATS)})")
+    """Stored bits per linear-layer weight, group scales included (the table in core.hardware.formats)."""
+    try:
+        return weight_format(weights).bits(group_size)
+    except FormatError as exc:
+        raise CatalogError(str(exc)) from None
 
 
 def kv_dtype_bytes(kv_cache_dtype: str) -> float:
     """Bytes per KV element: 1 for any fp8 cache, else 2 (the model's 16-bit dtype)."""
-    if kv_cache_dtype not in KV_CACHE_DTYPES:
-        raise CatalogError(f"unknown kv_cache_dtype '{kv_cache_dtype}' (known: {', '.join(KV_CACHE_DTYPES)})")
-    return 1.0 if kv_cache_dtype.startswith("fp8") else 2.0
+    try:
+        return kv_bytes(kv_cache_dtype)
+    except FormatError as exc:
+        raise CatalogError(str(exc)) from None
 
 
 @dataclass(frozen=True)

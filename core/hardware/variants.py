@@ -7,13 +7,15 @@ the three can never disagree about what "awq+fp8kv" means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Optional
 
+from core.errors import RidgelineError
+from core.hardware.formats import KV_CACHE_DTYPES, format_of_method, kv_bytes, vllm_methods, weight_format
 from core.plan import VariantSpec
 
 
-class VariantError(ValueError):
+class VariantError(RidgelineError, ValueError):
     """A variant that cannot be built from the plan."""
 
 
@@ -47,15 +49,6 @@ PRESETS: dict[str, Preset] = {
 }
 ALIASES = {"awq+fp8kv": "awq-fp8kv", "gptq+fp8kv": "gptq-fp8kv", "fp16+fp8kv": "fp8kv", "bf16+fp8kv": "fp8kv"}
 
-# the quantization method names vLLM accepts for each weight format
-QUANT_METHODS = {
-    "awq": {"awq", "awq_marlin"},
-    "gptq": {"gptq", "gptq_marlin"},
-    "w4a16": {"compressed-tensors"},
-    "fp8": {"fp8"},
-}
-KV_DTYPES = {"auto", "fp8", "fp8_e4m3", "fp8_e5m2"}
-WEIGHT_BITS = {"fp16": 16.0, "bf16": 16.0, "awq": 4.0, "gptq": 4.0, "w4a16": 4.0, "fp8": 8.0}
 
 
 @dataclass(frozen=True)
@@ -76,15 +69,16 @@ class Variant:
 
     @property
     def weight_bits(self) -> float:
-        return WEIGHT_BITS[self.weights]
+        """Bits per weight at the usual group size, group scales included (see core.hardware.formats)."""
+        return weight_format(self.weights).bits()
 
     @property
     def kv_bytes(self) -> float:
-        return 1.0 if self.kv_cache_dtype.startswith("fp8") else 2.0
+        return kv_bytes(self.kv_cache_dtype)
 
     @property
     def is_int4(self) -> bool:
-        return self.weights in ("awq", "gptq", "w4a16")
+        return weight_format(self.weights).int4
 
     def to_dict(self) -> dict:
         return {
@@ -112,8 +106,9 @@ def resolve(spec: VariantSpec) -> Variant:
     if spec.quantization is not None:
         weights = _weights_of(spec.quantization, spec.name)
     kv = spec.kv_cache_dtype if spec.kv_cache_dtype is not None else (p.kv_cache_dtype if p else "auto")
-    if kv not in KV_DTYPES:
-        raise VariantError(f"variant {spec.name}: kv_cache_dtype '{kv}' is not one of {', '.join(sorted(KV_DTYPES))}")
+    if kv not in KV_CACHE_DTYPES:
+        known = ", ".join(sorted(KV_CACHE_DTYPES))
+        raise VariantError(f"variant {spec.name}: kv_cache_dtype '{kv}' is not one of {known}")
     dtype = spec.dtype if spec.dtype is not None else (p.dtype if p else None)
     if dtype == "bfloat16" and weights == "fp16":
         weights = "bf16"
@@ -125,8 +120,8 @@ def resolve(spec: VariantSpec) -> Variant:
 
 
 def _weights_of(quantization: str, name: str) -> str:
-    for weights, methods in QUANT_METHODS.items():
-        if quantization in methods:
-            return weights
-    known = sorted(m for ms in QUANT_METHODS.values() for m in ms)
+    weights = format_of_method(quantization)
+    if weights is not None:
+        return weights
+    known = vllm_methods()
     raise VariantError(f"variant {name}: quantization '{quantization}' is not one of {', '.join(known)}")

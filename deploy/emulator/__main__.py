@@ -12,6 +12,7 @@ from typing import Optional
 from aiohttp import web
 
 from core.hardware.catalog import CatalogError, gpu_names, model_names
+from core.hardware.formats import KV_CACHE_DTYPES, WEIGHT_FORMATS
 
 
 def _json_dict(flag: str, text: Optional[str]) -> dict:
@@ -37,8 +38,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--gpu-overrides", default=None, help='JSON object of GPU figures, e.g. {"mem_bw_tbps": 3.0}')
     ap.add_argument("--model", default="llama-3-8b",
                     help=f"catalogue name ({', '.join(model_names())}) or a directory holding config.json")
-    ap.add_argument("--weights", default="fp16", choices=["fp16", "bf16", "awq", "gptq", "fp8"])
-    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"])
+    ap.add_argument("--weights", default="fp16", choices=list(WEIGHT_FORMATS))
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES))
     ap.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "half"],
                     help="activation dtype; float16 with an fp8 KV cache fails on Hopper as in vLLM")
     ap.add_argument("--served-model-name", default=None)

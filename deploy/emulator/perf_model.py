@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Optional
 
 from core.hardware.catalog import GPUSpec, ModelSpec, kv_dtype_bytes, weight_bits
+from core.hardware.formats import weight_format
 from core.hardware.roofline import ACT_BYTES, act_bytes_per_token, compute_dtype
 
 
@@ -200,7 +201,7 @@ class PerfModel:
                  calibration: Calibration = DEFAULT_CALIBRATION, group_size: int = 128):
         self.model, self.gpu, self.weights, self.kv_cache_dtype = model, gpu, weights, kv_cache_dtype
         self.cal = calibration
-        self.int4 = weights in ("awq", "gptq")
+        self.int4 = weight_format(weights).int4
         self.fp8_kv = kv_cache_dtype.startswith("fp8")
         weight_bits(weights, group_size)
         c = calibration

@@ -23,7 +23,9 @@ from typing import Any, Optional
 
 from aiohttp import web
 
+from core.errors import RidgelineError
 from core.hardware.catalog import GPUSpec, ModelSpec, get_gpu, load_model
+from core.hardware.formats import FORMATS, INT4_FORMATS, KV_CACHE_DTYPES, WEIGHT_FORMATS, kv_bytes
 from core.hardware.roofline import activation_reserve_bytes, compute_dtype, kv_capacity_tokens
 from deploy.emulator.engine import BLOCK_SIZE, EngineConfig, EngineCore, Request
 from deploy.emulator.metrics import CONTENT_TYPE_LATEST, EmulatorMetrics
@@ -89,7 +91,7 @@ class EmulatorConfig:
     num_gpu_blocks_override: Optional[int] = None
 
 
-class StartupError(RuntimeError):
+class StartupError(RidgelineError, RuntimeError):
     """The emulated engine refuses to start, with the message vLLM would give."""
 
 
@@ -122,14 +124,15 @@ def _resolve_dtype(cfg: EmulatorConfig) -> str:
 
 
 def quantization_name(weights: str) -> Optional[str]:
-    return {"awq": "awq_marlin", "gptq": "gptq_marlin", "fp8": "fp8"}.get(weights)
+    return FORMATS[weights].vllm_method if weights in FORMATS else None
 
 
 def kernel_line(gpu: GPUSpec, weights: str) -> Optional[str]:
     """The kernel-selection log line vLLM prints for quantized weights on this GPU's architecture."""
-    if weights in ("awq", "gptq"):
+    if weights in INT4_FORMATS:
         kernel = "MacheteLinearKernel" if gpu.arch == "hopper" else "MarlinLinearKernel"
-        method = "AutoAWQMarlinLinearMethod" if weights == "awq" else "AutoGPTQLinearMethod"
+        method = {"awq": "AutoAWQMarlinLinearMethod", "w4a16": "CompressedTensorsWNA16"}.get(weights,
+                                                                                           "AutoGPTQLinearMethod")
         return f"Using {kernel} for {method}"
     if weights == "fp8":
         if not gpu.supports("fp8"):
@@ -143,10 +146,10 @@ def build(cfg: EmulatorConfig) -> Emulator:
     """Size the engine the way vLLM does and prepare the startup log; raise StartupError where vLLM would fail."""
     gpu = get_gpu(cfg.gpu, cfg.gpu_overrides or None)
     model = load_model(cfg.model)
-    if cfg.weights not in ("fp16", "bf16", "awq", "gptq", "fp8"):
-        raise StartupError(f"--weights {cfg.weights}: one of fp16, bf16, awq, gptq, fp8")
-    if cfg.kv_cache_dtype not in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"):
-        raise StartupError(f"--kv-cache-dtype {cfg.kv_cache_dtype}: one of auto, fp8, fp8_e4m3, fp8_e5m2")
+    if cfg.weights not in WEIGHT_FORMATS:
+        raise StartupError(f"--weights {cfg.weights}: one of {', '.join(WEIGHT_FORMATS)}")
+    if cfg.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise StartupError(f"--kv-cache-dtype {cfg.kv_cache_dtype}: one of {', '.join(KV_CACHE_DTYPES)}")
     dtype = _resolve_dtype(cfg)
     if cfg.kv_cache_dtype.startswith("fp8") and dtype == "float16" and gpu.arch == "hopper":
         # what vLLM's attention backend raises on Hopper (see notes/real-vllm-on-h100.md)
@@ -197,7 +200,7 @@ def build(cfg: EmulatorConfig) -> Emulator:
                               compute_dtype=compute_dtype(cfg.weights, gpu))
     engine = AsyncEngine(core, metrics)
     gib = 1024**3
-    kv_mem = kv_tokens * model.kv_bytes_per_token(1.0 if kv_dtype.startswith("fp8") else 2.0)
+    kv_mem = kv_tokens * model.kv_bytes_per_token(kv_bytes(kv_dtype))
     lines = [
         f"ridgeline emulator: modelled {gpu.name}, not a real GPU; emulating vLLM {EMULATED_VLLM_VERSION} "
         f"serving {model.name} ({cfg.weights} weights, kv_cache_dtype={kv_dtype})",

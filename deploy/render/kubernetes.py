@@ -26,6 +26,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from core.errors import RidgelineError
 from core.hardware.catalog import catalog_model
 from core.parallel import ParallelSizeError, gpus_per_replica
 from core.plan import PlanError, load_plan
@@ -49,7 +50,7 @@ POD_PATTERN = "vllm-{k8s_name}-[a-z0-9]+-[a-z0-9]+"  # a Deployment's pod: <name
 _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
 
 
-class RenderError(ValueError):
+class RenderError(RidgelineError, ValueError):
     """A plan that cannot be rendered for Kubernetes; the message says what and where."""
 
 

@@ -15,11 +15,13 @@ from typing import Any, Optional
 
 import aiohttp
 
+from core.errors import RidgelineError
+
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 BACKOFF_S = 0.5
 
 
-class ServerAnswerError(RuntimeError):
+class ServerAnswerError(RidgelineError, RuntimeError):
     """The server answered something the measurement cannot use; the message says what and where."""
 
     def __init__(self, endpoint: str, why: str, status: Optional[int] = None):
