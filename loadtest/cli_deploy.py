@@ -2,7 +2,7 @@
 
 `up` checks the plan (deploy/checks.py), starts every server (or those named with --variant),
 waits for each to answer /health, and records pids, process groups, URLs and command lines in
-<output_dir>/.deploy/state.json; `status` reads that file and asks each server; `down` stops them
+<output_dir>/.deploy/state.json (deploy/state.py keeps that file); `status` reads that file and asks each server; `down` stops them
 by process group. `up --dry-run` prints each command line and environment (API key as ***) and
 starts nothing. `render` writes files that run the plan elsewhere: the Prometheus and Grafana
 stack that watches it (deploy/render/), or Kubernetes manifests (deploy/render/kubernetes.py).
@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-import urllib.error
-import urllib.request
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -25,14 +23,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from core.plan import Plan, PlanError, load_plan
+from deploy import state as deploy_state
+from deploy.state import auth_headers, proc_alive, server_status, state_path, write_state
 
 deploy_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Bring a plan's servers up and leave them running; status; down; render "
                               "Prometheus, Grafana or Kubernetes files for it.")
 err = Console(stderr=True)
 out = Console()
-STATE_DIR = ".deploy"
-STATE_FILE = "state.json"
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -40,52 +38,12 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def state_path(output_dir: str | Path) -> Path:
-    """Where `deploy up` records what it started: <output_dir>/.deploy/state.json."""
-    return Path(output_dir) / STATE_DIR / STATE_FILE
-
-
 def read_state(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as exc:
-        _fail(f"{path}: cannot be read: {exc}")
-    if not isinstance(data, dict) or not isinstance(data.get("servers"), list):
-        _fail(f"{path}: not a deploy state file (no 'servers' list)")
-    return data
-
-
-def _write_state(path: Path, state: dict[str, Any]) -> None:
-    from core.results import atomic_write_json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, state)
-
-
-def proc_alive(pid: int, create_time: Optional[float]) -> bool:
-    """The recorded process is still there (same pid, same start time, not a zombie)."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        if create_time is not None and abs(p.create_time() - create_time) > 1.0:
-            return False
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _get(url: str, timeout: float = 3.0, headers: Optional[dict[str, str]] = None) -> tuple[Optional[int], str]:
-    try:
-        req = urllib.request.Request(url, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode("utf-8", errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except (urllib.error.URLError, OSError, ValueError):
-        return None, ""
+        return deploy_state.read_state(path)
+    except deploy_state.StateError as exc:
+        _fail(str(exc))
+    raise AssertionError  # unreachable
 
 
 def print_command(cmd: Any, file_out: Console) -> None:
@@ -214,11 +172,11 @@ def up(
                              ready_s=round(time.time() - srv.started, 1))
             entry["served"] = _served(plan, cmd, started[-1] if cmd.argv else None, state["servers"])
             state["servers"].append(entry)
-            _write_state(path, state)
+            write_state(path, state)
     except (launcher.LaunchError, KeyboardInterrupt) as exc:
         launcher.stop_all(started)
         state["servers"] = []
-        _write_state(path, state)
+        write_state(path, state)
         if isinstance(exc, KeyboardInterrupt):
             _fail("interrupted: the servers started so far were stopped", code=130)
         _fail(f"{exc}\n(the servers started before it were stopped)", code=1)
@@ -262,32 +220,6 @@ def _state_for(plan_file: Optional[Path], out_dir: Optional[str], state_file: Op
     return state_path("results")
 
 
-def _headers(state: dict[str, Any]) -> dict[str, str]:
-    from core.secrets import SecretError, read_api_key
-
-    try:
-        key = read_api_key(state.get("api_key_env"), state.get("api_key_file"))
-    except SecretError:
-        return {}
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def server_status(entry: dict[str, Any], headers: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    """alive (the recorded process), healthy (/health 200) and the models the server lists."""
-    pid = entry.get("pid")
-    alive = proc_alive(pid, entry.get("create_time")) if pid else None
-    code, _ = _get(entry["url"].rstrip("/") + "/health")
-    models: list[str] = []
-    mcode, body = _get(entry["url"].rstrip("/") + "/v1/models", headers=headers)
-    if mcode == 200:
-        try:
-            models = [m.get("id") for m in json.loads(body).get("data", [])]
-        except (json.JSONDecodeError, AttributeError):
-            models = []
-    return {"variant": entry["variant"], "url": entry["url"], "pid": pid, "alive": alive, "healthy": code == 200,
-            "models": models}
-
-
 @deploy_app.command()
 def status(
     plan_file: Optional[Path] = typer.Argument(None, help="the plan (its output_dir holds the state)"),
@@ -304,7 +236,7 @@ def status(
         else:
             out.print(f"nothing deployed ({path} lists no server)", highlight=False)
         return
-    headers = _headers(state)
+    headers = auth_headers(state)
     rows = [server_status(s, headers) for s in state["servers"]]
     if as_json:
         out.print_json(json.dumps(rows))
@@ -351,7 +283,7 @@ def down(
             err.print(f"{s['variant']}: pid {pid} did not stop", highlight=False, markup=False)
     state["servers"] = failed
     state["stopped"] = time.time()
-    _write_state(path, state)
+    write_state(path, state)
     if failed:
         raise typer.Exit(1)
 

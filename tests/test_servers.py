@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 from core.plan import Plan, parse_plan
 from deploy import launcher
 from deploy.servers import ServersError, gpu_assignment, server_commands
+from deploy.state import state_path
 from deploy.vllm_command import CommandError
-from loadtest.cli_deploy import deploy_app, state_path
+from loadtest.cli_deploy import deploy_app
 
 PLAN_8B = """
 name: llama31-8b

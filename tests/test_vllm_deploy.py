@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from deploy import launcher, verify
-from loadtest.cli_deploy import deploy_app, state_path
+from deploy.state import state_path
+from loadtest.cli_deploy import deploy_app
 from tests.support.vllm_env import SKIP_REASON, vllm_python
 from tests.support.vllm_plan import tiny_vllm_plan
 
