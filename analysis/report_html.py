@@ -86,18 +86,13 @@ details summary{cursor:pointer;font-weight:600;margin:6px 0}
 </section>
 
 <section id="crossover"><h2>Where the speedup falls below each threshold</h2>
-{% if crossover_rows %}
-<div class="scroll"><table><tr><th class="l">variant</th>{% for t in thresholds %}<th>below {{ t }}</th><th>interval</th>{% endfor %}</tr>
-{% for r in crossover_rows %}<tr><td class="l">{{ r.variant }}</td>{% for c in r.cells %}<td>{{ c.level }}</td><td class="muted">{{ c.interval }}</td>{% endfor %}</tr>{% endfor %}
-</table></div>
+{% if crossover_table %}
+{{ table(crossover_table) }}
 <p class="muted">Interpolated in log2({{ level_word }}) between the last step above and the first below; the interval is the
-same crossing on the 95% bootstrap bounds of the speedup. "from N": already below at the lowest step; "–": never below within the steps.</p>
+same crossing on the 95% bootstrap bounds of the speedup. "from N": already below at the lowest step; "never": not below within the steps.</p>
 {% else %}<p class="muted">Only one variant (or no complete step): nothing to compare.</p>{% endif %}
 <h3>Speedup over {{ baseline }} at each {{ level_word }}</h3>
-{% if speedup_rows %}
-<div class="scroll"><table><tr><th class="l">variant</th>{% for l in speedup_levels %}<th>{{ l }}</th>{% endfor %}</tr>
-{% for r in speedup_rows %}<tr><td class="l">{{ r.variant }}</td>{% for c in r.cells %}<td>{{ c.value }}<br><span class="muted">{{ c.interval }}</span></td>{% endfor %}</tr>{% endfor %}
-</table></div>{% endif %}
+{% if speedup_table %}{{ table(speedup_table) }}{% endif %}
 <h3>Capacity under the SLO</h3>
 <p class="muted">SLO: {{ slo }}; a step is within it when at least {{ attainment }} of its measured requests meet it.</p>
 <div class="scroll"><table><tr><th class="l">variant</th><th>best {{ level_word }} within SLO</th><th>output tokens/s there</th><th>goodput tokens/s there</th><th>SLO breaks at</th><th>knee</th><th>peak tokens/s</th><th>at</th><th>ridge batch</th></tr>
@@ -218,34 +213,8 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
     m = info.manifest
     others = [v for v in info.variants if v != info.baseline]
 
-    crossover_rows = []
-    for v in others:
-        cells = []
-        for t in info.thresholds:
-            c = a.crossings.get(v, {}).get(t)
-            last = a.speedups[a.speedups.variant == v].level.max()
-            if c is None or c.level is None:
-                cells.append({"level": "–", "interval": ""})
-            elif c.below_from_start:
-                cells.append({"level": f"from {lvl(c.level)}", "interval": ""})
-            else:
-                cells.append({"level": lvl(c.level),
-                              "interval": fmt.interval(c.low, c.high, lvl, open_high=f"> {lvl(last)}")})
-        crossover_rows.append({"variant": v, "cells": cells})
-
-    sp = a.speedups
-    speedup_levels = sorted(sp.level.dropna().unique().tolist())
-    speedup_rows = []
-    for v in others:
-        g = sp[sp.variant == v].set_index("level")
-        cells = []
-        for L in speedup_levels:
-            if L in g.index:
-                r = g.loc[L]
-                cells.append({"value": fmt.ratio(r.speedup), "interval": fmt.interval(r.speedup_lo, r.speedup_hi, fmt.ratio)})
-            else:
-                cells.append({"value": "–", "interval": ""})
-        speedup_rows.append({"variant": v, "cells": cells})
+    crossover = rt.crossover_table(a) if others else None
+    speedup = rt.speedup_table(a) if others else None
 
     capacity_rows = []
     for v in info.variants:
@@ -335,8 +304,8 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
         "backend_class": backend_class, "model": info.model, "gpu": info.gpu, "baseline": info.baseline,
         "level_word": word, "started": m.get("started_iso") or "", "status": m.get("status") or "",
         "verdict": _verdict_text(a), "callouts": callouts, "charts": {k: data_uri(p) for k, p in charts.items()},
-        "thresholds": [threshold_key(t) + "x" for t in info.thresholds], "crossover_rows": crossover_rows,
-        "speedup_levels": [lvl(x) for x in speedup_levels], "speedup_rows": speedup_rows,
+        "thresholds": [threshold_key(t) + "x" for t in info.thresholds], "crossover_table": crossover,
+        "speedup_table": speedup,
         "slo": info.slo.describe(), "attainment": f"{SLO_ATTAINMENT:.0%}", "capacity_rows": capacity_rows,
         "roofline_unavailable": a.roofline.unavailable, "roofline_sentences": sentences,
         "roofline_rows": roofline_rows, "agreement_pct": f"{AGREEMENT_PCT:g}", "agreement_rows": agreement_rows,

@@ -20,7 +20,7 @@ from analysis.energy import energy_sentences
 from analysis.pipeline import Analysis
 from analysis.quality.table import absent_sentence, quality_note, quality_table
 from analysis.speedup import interval
-from analysis.summary import BACKEND_NOTE, served_problem, threshold_key
+from analysis.summary import BACKEND_NOTE, served_problem
 from analysis.summary import verdict as _verdict
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#!~])")
@@ -86,36 +86,9 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
     lines += _quality(a, charts, run_dir)
     if others:
         lines += [f"## Crossover ({word} where the speedup falls below each threshold)", ""]
-        heads = ["variant"] + [f"below {threshold_key(t)}x" for t in info.thresholds]
-        rows = []
-        for v in others:
-            cells = [md(v)]
-            last = a.speedups[a.speedups.variant == v].level.max()
-            for t in info.thresholds:
-                c = a.crossings.get(v, {}).get(t)
-                if c is None or c.level is None:
-                    cells.append("never")
-                elif c.below_from_start:
-                    cells.append(f"from {lvl(c.level)}")
-                else:
-                    cells.append(f"{lvl(c.level)} ({fmt.interval(c.low, c.high, lvl, open_high='> ' + lvl(last))})")
-            rows.append(cells)
-        lines += _table(heads, rows) + [""]
-
+        lines += _shared_table(rt.crossover_table(a)) + [""]
         lines += [f"## Speedup over {md(info.baseline)} (95% interval)", ""]
-        levels = sorted(a.speedups.level.dropna().unique().tolist())
-        rows = []
-        for v in others:
-            g = a.speedups[a.speedups.variant == v].set_index("level")
-            cells = [md(v)]
-            for L in levels:
-                if L in g.index:
-                    r = g.loc[L]
-                    cells.append(f"{fmt.ratio(r.speedup)} ({fmt.interval(r.speedup_lo, r.speedup_hi, fmt.ratio)})")
-                else:
-                    cells.append("–")
-            rows.append(cells)
-        lines += _table(["variant"] + [lvl(x) for x in levels], rows) + [""]
+        lines += _shared_table(rt.speedup_table(a)) + [""]
 
     lines += ["## Per step", ""]
     heads = ["variant", word, "status", "out tok/s", "95% interval", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",

@@ -1,4 +1,4 @@
-"""Tables both reports show (energy, vllm bench serve cross-check), as plain strings.
+"""Tables both reports show (crossover, speedup, energy, vllm bench serve cross-check), as plain strings.
 
 One place decides what a table holds and how its numbers read; report.html escapes the cells
 through jinja2 and report.md through its Markdown escaping, so neither builds its own copy.
@@ -13,6 +13,7 @@ from analysis.crosscheck import CROSSCHECK_PCT, verdict_word
 from analysis.pipeline import Analysis
 from analysis.prefix_cache import LEAK_PCT, expects_hits, leaked
 from analysis.roofline_gap import gap_table
+from analysis.summary import threshold_key
 from analysis.table_model import Row, Table
 
 
@@ -29,6 +30,52 @@ def lateness_cells(a: Analysis, r: Any) -> list[str]:
     if a.info.mode != "rate":
         return []
     return [fmt.seconds(r.lateness_p50_s), fmt.seconds(r.lateness_p99_s), fmt.seconds(r.lateness_max_s)]
+
+
+NEVER = "never"  # a crossover that does not happen within the steps
+
+
+def crossover_table(a: Analysis) -> Table:
+    """Per variant and threshold: the level where the speedup falls below it, and that level's interval."""
+    lvl = level_formatter(a)
+    info = a.info
+    headers = ["variant"]
+    for t in info.thresholds:
+        headers += [f"below {threshold_key(t)}x", "interval"]
+    rows = []
+    for v in [v for v in info.variants if v != info.baseline]:
+        cells = [v]
+        last = a.speedups[a.speedups.variant == v].level.max()
+        for t in info.thresholds:
+            c = a.crossings.get(v, {}).get(t)
+            if c is None or c.level is None:
+                cells += [NEVER, ""]
+            elif c.below_from_start:
+                cells += [f"from {lvl(c.level)}", ""]
+            else:
+                cells += [lvl(c.level), fmt.interval(c.low, c.high, lvl, open_high=f"> {lvl(last)}")]
+        rows.append(Row(cells))
+    return Table(headers, rows)
+
+
+def speedup_table(a: Analysis) -> Table:
+    """Speedup over the baseline at each level, with its 95% interval; a dash where a variant has no step."""
+    lvl = level_formatter(a)
+    info = a.info
+    sp = a.speedups
+    levels = sorted(sp.level.dropna().unique().tolist())
+    rows = []
+    for v in [v for v in info.variants if v != info.baseline]:
+        g = sp[sp.variant == v].set_index("level")
+        cells = [v]
+        for L in levels:
+            if L in g.index:
+                r = g.loc[L]
+                cells.append(f"{fmt.ratio(r.speedup)} ({fmt.interval(r.speedup_lo, r.speedup_hi, fmt.ratio)})")
+            else:
+                cells.append("–")
+        rows.append(Row(cells))
+    return Table(["variant"] + [lvl(x) for x in levels], rows)
 
 
 def energy_table(a: Analysis) -> Table:

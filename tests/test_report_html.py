@@ -137,3 +137,25 @@ def test_markdown_report_escapes_and_links_the_charts(hostile_run):
     from analysis.report_md import md as esc
 
     assert "|" not in esc("a|b") and esc("`x`") == "\\`x\\`"
+
+
+def test_both_reports_show_the_same_crossover_and_speedup_cells(tmp_path):
+    """The crossover and speedup tables are built once: the same words and numbers in report.html and report.md."""
+    steps = {"fp16": [StepModel(c, 0.005, 0.005, output_tokens=40, warmup_s=0.5, duration_s=3.0) for c in (1, 8)],
+             "awq": [StepModel(c, 0.005 / 1.6, 0.005 / 1.6, output_tokens=40, warmup_s=0.5, duration_s=3.0)
+                     for c in (1, 8)]}
+    r = build_run(tmp_path / "run", RunModel(steps=steps, plan=plan_dict(["fp16", "awq"], baseline="fp16",
+                                                                          thresholds=[1.2])))
+    analyze(r.path)
+    render_reports(r.path)
+    md = (r.path / "report.md").read_text()
+    p = Tags()
+    p.feed((r.path / "report.html").read_text())
+    html_text = "".join(p.text)
+    # awq stays about 1.6x faster at both levels: it never falls below 1.2x, in the same word in both
+    row = next(line for line in md.splitlines() if line.startswith("| awq |") and "never" in line)
+    assert row.split("|")[2].strip() == "never"
+    assert "never" in html_text and "–" not in row
+    speed = next(line for line in md.splitlines() if line.startswith("| awq |") and "x (" in line)
+    for cell in [c.strip() for c in speed.split("|")[2:-1]]:
+        assert cell in html_text
