@@ -612,7 +612,9 @@ def timing_verdict(row: dict[str, Any], workers: int = 0) -> dict[str, Any]:
         return {"ok": all(one.values()), "from": "1 process", "figures": one}
     many = no_worse(row["ridgeline_workers"]["timing"], theirs)
     n = row["ridgeline_workers"].get("workers", workers)
-    return {"ok": all(many.values()), "from": f"{n} workers", "figures": many}
+    if all(many.values()) or sum(many.values()) > sum(one.values()):
+        return {"ok": all(many.values()), "from": f"{n} workers", "figures": many}
+    return {"ok": False, "from": f"1 process; {n} workers no better", "figures": one}
 
 
 def report_lines(r: dict[str, Any]) -> list[str]:

@@ -122,3 +122,23 @@ def test_tokenizer_failure_names_the_interpreter(tmp_path):
     fake.chmod(0o755)
     with pytest.raises(RuntimeError, match="could not write a tokenizer"):
         make_tokenizer(str(fake), tmp_path / "tok")
+
+
+def test_timing_verdict_compares_sizes_and_says_where_it_came_from():
+    from loadtest.client_bench import no_worse, timing_verdict
+
+    def t(tp50, tp99, gp50, gp99):
+        return {"timing": {"ttft": {"p50_ms": tp50, "p99_ms": tp99}, "gap": {"p50_ms": gp50, "p99_ms": gp99}}}
+
+    bench = t(2.0, 9.0, 0.03, 1.5)
+    assert all(no_worse(t(1.0, 9.04, -0.05, 1.5)["timing"], bench["timing"]).values())  # 0.04 ms over counts as equal
+    assert no_worse(t(1.0, 9.0, -0.2, 1.5)["timing"], bench["timing"])["gap p50"] is False  # early is an error too
+    row = {"streams": 512, "ridgeline": t(1.0, 20.0, 0.0, 7.0), "vllm": bench}
+    assert timing_verdict(row) == {"ok": False, "from": "1 process", "figures": {
+        "ttft p50": True, "ttft p99": False, "gap p50": True, "gap p99": False}}
+    row["ridgeline_workers"] = {"workers": 2, **t(1.0, 3.0, 0.0, 1.0)}
+    v = timing_verdict(row)
+    assert v["ok"] and v["from"] == "2 workers"
+    row["ridgeline_workers"] = {"workers": 2, **t(9.0, 30.0, 1.0, 9.0)}
+    v = timing_verdict(row)
+    assert not v["ok"] and v["from"] == "1 process; 2 workers no better" and v["figures"]["ttft p50"]
