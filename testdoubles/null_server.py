@@ -80,9 +80,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--events", type=int, default=64, help="token events per request (0: max_tokens)")
     ap.add_argument("--ttft-ms", type=float, default=0.0)
     ap.add_argument("--gap-ms", type=float, default=0.0)
+    ap.add_argument("--keepalive-s", type=float, default=75.0,
+                    help="close a kept connection idle this long (vLLM's uvicorn: 5 s)")
     a = ap.parse_args(argv)
     srv = NullServer(a.events, a.ttft_ms / 1000, a.gap_ms / 1000)
-    web.run_app(srv.app(), host=a.host, port=a.port, print=None, access_log=None)
+    web.run_app(srv.app(), host=a.host, port=a.port, print=None, access_log=None, keepalive_timeout=a.keepalive_s)
 
 
 if __name__ == "__main__":
