@@ -28,11 +28,12 @@ def null_server(tmp_path):
     """Start a null server on loopback; yields a factory taking its delays; stops every one by PID."""
     started = []
 
-    def start(events: int = 0, ttft_ms: float = 0.0, gap_ms: float = 0.0) -> launcher.Server:
+    def start(events: int = 0, ttft_ms: float = 0.0, gap_ms: float = 0.0, keepalive_s: float = 75.0) -> launcher.Server:
         port = launcher.free_port()
         cmd = launcher.ServerCommand(
             "null", [sys.executable, "-m", "testdoubles.null_server", "--port", str(port), "--events", str(events),
-                     "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms)], port=port, startup_timeout_s=30)
+                     "--ttft-ms", str(ttft_ms), "--gap-ms", str(gap_ms), "--keepalive-s", str(keepalive_s)],
+            port=port, startup_timeout_s=30)
         srv = launcher.start(cmd, tmp_path / f"null-{port}.log")
         started.append(srv)
         return srv

@@ -6,12 +6,9 @@ name lookup inside every TTFT, and made the server accept one per request.
 
 from __future__ import annotations
 
-import sys
-
 import gevent
 import pytest
 
-from deploy import launcher
 from scenarios.openai_stream import Timeouts, make_client, stream_request
 
 BODY = {"model": "null", "prompt": "a b c", "max_tokens": 16, "stream": True,
@@ -19,17 +16,9 @@ BODY = {"model": "null", "prompt": "a b c", "max_tokens": 16, "stream": True,
 
 
 @pytest.fixture
-def short_keepalive_server(tmp_path):
+def short_keepalive_server(null_server):
     """The null server closing connections idle for 0.3 s (vLLM's uvicorn closes them after 5 s)."""
-    port = launcher.free_port()
-    argv = [sys.executable, "-m", "testdoubles.null_server", "--port", str(port), "--events", "0",
-            "--keepalive-s", "0.3"]
-    srv = launcher.start(launcher.ServerCommand("null", argv, port=port, startup_timeout_s=30), tmp_path / "n.log")
-    try:
-        yield srv
-    finally:
-        launcher.stop(srv)
-        assert not srv.alive()
+    return null_server(keepalive_s=0.3)
 
 
 def _counting_client(url: str):  # noqa: ANN202
