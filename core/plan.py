@@ -297,6 +297,9 @@ class ScrapeSpec(_Strict):
     """Where server metrics come from, and whether the client serves its own (docs/metrics.md)."""
 
     interval_s: float = Field(default=1.0, gt=0)
+    max_server_share: float = Field(default=0.05, ge=0, le=1,
+                                    description="scrape less often than interval_s when needed so that serving "
+                                                "/metrics takes at most this share of the server's time (0: never)")
     timeout_s: float = Field(default=5.0, gt=0, description="a scrape (or Prometheus query) slower than this is a gap")
     prometheus_url: Optional[str] = Field(default=None, description="read series from this Prometheus instead")
     prometheus_labels: dict[str, str] = Field(

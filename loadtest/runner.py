@@ -425,7 +425,8 @@ class Sweep:
         info = StepInfo(cmd.variant, lv.index, lv.concurrency, lv.rate, STEP_INCOMPLETE, t_start, repeat=lv.repeat)
         self._step_entry(info)
         scraper = Scraper(cmd.url + "/metrics", cmd.variant, headers=self.headers,
-                          timeout=self.plan.scrape.timeout_s, interval=self.plan.scrape.interval_s)
+                          timeout=self.plan.scrape.timeout_s, interval=self.plan.scrape.interval_s,
+                          max_server_share=self.plan.scrape.max_server_share)
         scraper.new_step(lv.index)
         window_start = t_start + sw.warmup_at(lv.level)
         count = sw.requests_at(lv.level)
@@ -493,6 +494,12 @@ class Sweep:
                 self.manifest["warnings"].append(
                     f"{cmd.variant} step {lv.index}: a load-generator process reached {cpu_max:.0f}% of a core; "
                     f"its latencies may include client delay (use more workers)")
+            if scraper.widest_interval > self.plan.scrape.interval_s * 1.01:
+                self.manifest["warnings"].append(
+                    f"{cmd.variant} step {lv.index}: /metrics took about "
+                    f"{scraper.widest_interval * self.plan.scrape.max_server_share:.2f} s to serve, so it was scraped every {scraper.widest_interval:.1f} s at most instead of "
+                    f"{self.plan.scrape.interval_s:g} s (scrape.max_server_share {self.plan.scrape.max_server_share:g}): "
+                    f"frequent scrapes would slow the server they measure")
             if scraper.buffer.failures:
                 info.error = f"{scraper.buffer.failures} of {scraper.buffer.scrapes} scrapes failed ({scraper.buffer.last_error})"
             self.run.write_requests(cmd.variant, lv.index, records)

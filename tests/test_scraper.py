@@ -262,3 +262,31 @@ def test_failure_reason_names():
     assert failure_reason(urllib.error.URLError(socket.timeout("timed out"))) == "timeout"
     assert failure_reason(TimeoutError()) == "timeout"
     assert failure_reason(ValueError("bad")) == "parse"
+
+
+def test_scrapes_back_off_when_the_page_is_slow_to_serve():
+    """A /metrics page that takes 50 ms to serve, scraped 'every 10 ms' with a 10% share: at most every 0.5 s."""
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            time.sleep(0.05)
+            body = b"vllm:num_requests_running 1\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):  # noqa: ANN002
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/metrics"
+        s = Scraper(url, "v", interval=0.01, max_server_share=0.1)
+        s.new_step(0)
+        for _ in range(3):
+            assert s.scrape_once()
+        assert s.current_interval() >= 0.5  # every scrape slept 50 ms: 0.05 / 0.1
+        assert Scraper(url, "v", interval=0.01).current_interval() == 0.01  # no share: the plan's interval
+    finally:
+        srv.shutdown()
