@@ -33,8 +33,7 @@ def colours(a: Analysis) -> dict[str, str]:
 def _xaxis(ax, a: Analysis, levels: pd.Series) -> None:
     lv = levels.dropna()
     lv = lv[lv > 0]
-    word = "concurrency (requests in flight)" if a.info.mode == "concurrency" else "request rate (req/s)"
-    ax.set_xlabel(word)
+    ax.set_xlabel(a.info.profile.axis)
     if len(lv) and lv.max() / lv.min() >= 4:
         ax.set_xscale("log", base=2)
         ticks = sorted(set(lv.tolist()))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from core.hardware.variants import resolve
+from core.levels import Level, from_fields, mode_of, profile
 from core.plan import Plan, SLOSpec
 from core.records import StepInfo
 from core.results import ResultsError, RunDir
@@ -99,8 +100,13 @@ class RunInfo:
     def path(self) -> Path:
         return self.run.path
 
+    @property
+    def profile(self) -> type[Level]:
+        """The load profile of the sweep (core.levels): its level's name, axis label, record columns."""
+        return profile(self.mode)
+
     def level_name(self) -> str:
-        return "concurrency" if self.mode == "concurrency" else "rate"
+        return self.profile.word
 
     def request_file(self, variant: str, step: int) -> Optional[Path]:
         try:
@@ -213,9 +219,7 @@ def load_run(run_dir: Union[str, Path, RunDir]) -> RunInfo:
         baseline = names[0]
 
     sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
-    mode = sweep.get("mode", "concurrency")
-    if mode not in ("concurrency", "rate"):
-        mode = "rate" if steps and all(s.concurrency is None for s in steps) else "concurrency"
+    mode = mode_of(sweep.get("mode"), [from_fields(s.concurrency, s.rate) for s in steps])
 
     slo_raw = raw.get("slo") if isinstance(raw.get("slo"), dict) else {}
     d = SLOSpec()

@@ -245,7 +245,7 @@ def _quality_entry(a: Analysis) -> Optional[dict[str, Any]]:
 def _roofline_sentence(a: Analysis) -> Optional[str]:
     """Why the first variant that crossed a threshold did, in roofline terms."""
     info = a.info
-    word = "concurrency" if info.mode == "concurrency" else "rate"
+    word = info.level_name()
     if info.mode != "concurrency":
         return None
     prefer = [t for t in info.thresholds if abs(t - 1.2) < 1e-9] + list(info.thresholds)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core import defaults
 from core.errors import RidgelineError
+from core.levels import Level, profile
 from core.plan_quality import QualitySpec
 from core.scenario_builtins import apply_builtin
 
@@ -141,7 +142,7 @@ def _at(value: Any, level: int) -> Any:
 class SweepSpec(_Strict):
     """Which load levels to run and how long each step lasts."""
 
-    mode: Literal["concurrency", "rate"] = "concurrency"
+    mode: str = Field(default="concurrency", description="the load profile (core.levels): concurrency | rate")
     concurrency: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256])
     rates: list[float] = Field(default_factory=list, description="requests/s per step (mode: rate)")
     arrival: Literal["constant", "poisson", "gamma"] = "poisson"
@@ -158,6 +159,12 @@ class SweepSpec(_Strict):
                                                                           "one for every step, or one per level")
     ramp_s: float = Field(default=0.0, ge=0, description="spread user starts over this time")
     repeats: int = Field(default=1, ge=1)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        profile(v)  # ProfileError (a ValueError) names the known modes
+        return v
 
     @field_validator("concurrency")
     @classmethod
@@ -200,10 +207,8 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _steps(self) -> "SweepSpec":
-        if self.mode == "concurrency" and not self.concurrency:
-            raise ValueError("concurrency sweep has no steps")
-        if self.mode == "rate" and not self.rates:
-            raise ValueError("rate sweep needs 'rates'")
+        if not self.levels():
+            raise ValueError(profile(self.mode).no_levels)
         n = len(self.levels())
         for key in ("warmup_s", "duration_s", "requests", "drain_s"):
             v = getattr(self, key)
@@ -229,7 +234,12 @@ class SweepSpec(_Strict):
         return float(_at(self.drain_s, level) or 0.0)
 
     def levels(self) -> list[float]:
-        return [float(c) for c in self.concurrency] if self.mode == "concurrency" else list(self.rates)
+        """The level values in plan order (the profile's own list: concurrency or rates)."""
+        return [lv.value for lv in self.load_levels()]
+
+    def load_levels(self) -> list[Level]:
+        """The levels in plan order, as typed values (core.levels)."""
+        return profile(self.mode).from_sweep(self)
 
 
 class SLOSpec(_Strict):

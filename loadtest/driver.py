@@ -19,6 +19,7 @@ from locust.env import Environment
 # Locust warns about fast spawn rates; a sweep starts a step's users at once on purpose
 logging.getLogger("locust.runners").setLevel(logging.ERROR)
 
+from core.levels import from_fields
 from core.records import RequestRecord
 from scenarios.arrivals import ArrivalSchedule
 from scenarios.arrivals import gaps as _gaps
@@ -87,11 +88,16 @@ class LocalDriver:
         ctl.begin(variant, step, concurrency, rate)
         ctl.window_start, ctl.window_end = window_start, window_end
         ctl.measure_requests = measure_requests
-        if concurrency is not None:
-            ctl.set_ramp(time.time(), ramp_s, concurrency)  # users spawn at once and wait for their slot
-            self.runner.start(concurrency, spawn_rate=max(concurrency * 1000.0, 1000.0))
-        else:
-            self._start_open_loop(rate)
+        from_fields(concurrency, rate).drive(self, ramp_s)
+
+    def hold_users(self, users: int, ramp_s: float) -> None:
+        """Closed loop: `users` Locust users, spawned at once, each waiting for its ramp slot."""
+        self.control.set_ramp(time.time(), ramp_s, users)
+        self.runner.start(users, spawn_rate=max(users * 1000.0, 1000.0))
+
+    def send_at_rate(self, rate: float) -> None:
+        """Open loop at `rate` requests/s."""
+        self._start_open_loop(rate)
 
     def _start_open_loop(self, rate: float, start_wall: Optional[float] = None) -> None:
         """Send on a schedule fixed in advance, whatever the server does (no coordinated omission).

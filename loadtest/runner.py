@@ -20,6 +20,7 @@ import greenlet
 import psutil
 
 from core.hardware.variants import resolve
+from core.levels import Level
 from core.plan import Plan
 from core.records import MEASURE, STEP_COMPLETE, STEP_FAILED, STEP_INCOMPLETE, RequestRecord, StepInfo
 from core.results import ResultsError, RunDir, atomic_write_text, safe_child
@@ -68,21 +69,25 @@ def new_run_dir(plan: Plan, out: Optional[str] = None) -> RunDir:
 @dataclass
 class StepLevel:
     index: int
-    concurrency: Optional[int]
-    rate: Optional[float]
+    load: Level  # the load the step holds (core.levels): closed loop at C, open loop at R req/s, ...
     repeat: int = 0
     level: int = 0  # position in the plan's list of levels
+
+    @property
+    def concurrency(self) -> Optional[int]:
+        return self.load.concurrency
+
+    @property
+    def rate(self) -> Optional[float]:
+        return self.load.rate
 
 
 def step_levels(plan: Plan) -> list[StepLevel]:
     out = []
     i = 0
     for rep in range(plan.sweep.repeats):
-        for pos, lvl in enumerate(plan.sweep.levels()):
-            if plan.sweep.mode == "concurrency":
-                out.append(StepLevel(i, int(lvl), None, rep, pos))
-            else:
-                out.append(StepLevel(i, None, float(lvl), rep, pos))
+        for pos, load in enumerate(plan.sweep.load_levels()):
+            out.append(StepLevel(i, load, rep, pos))
             i += 1
     return out
 
@@ -432,7 +437,7 @@ class Sweep:
         count = sw.requests_at(lv.level)
         by_count = count is not None
         window_end = None if by_count else window_start + sw.duration_at(lv.level)
-        p.step, p.level = lv.index + 1, (f"c={lv.concurrency}" if lv.concurrency else f"{lv.rate:g} req/s")
+        p.step, p.level = lv.index + 1, lv.load.label()
         p.sent = p.done = p.errors = p.tokens = 0
         died: Optional[str] = None
         cpu_max = 0.0
