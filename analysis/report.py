@@ -1,9 +1,15 @@
-"""render_reports: charts/*.png, report.html and report.md for a results directory."""
+"""render_reports: charts/*.png and every report output (report.html, report.md) for a results directory.
+
+A report output is a row of OUTPUTS: a name, the file it writes and a function from the analysis,
+the charts and the energy section to the file's text. Adding one (say report.txt) is a new module
+with that function and a line in OUTPUTS; the tables it shows come from analysis.report_tables.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from analysis import energy
 from analysis.charts import colours, write_charts
@@ -12,6 +18,19 @@ from analysis.quality.chart import speed_quality_chart
 from analysis.report_html import render_html
 from analysis.report_md import render_md
 from core.results import RunDir, atomic_write_text
+
+
+@dataclass(frozen=True)
+class ReportOutput:
+    name: str  # its key in render_reports' result
+    file: str  # the file it writes in the results directory
+    render: Callable[[Analysis, dict[str, Path], Path, dict[str, Any]], str]  # (analysis, charts, run dir, energy)
+
+
+OUTPUTS: list[ReportOutput] = [
+    ReportOutput("html", "report.html", lambda a, charts, run_dir, energy: render_html(a, charts, energy)),
+    ReportOutput("md", "report.md", lambda a, charts, run_dir, energy: render_md(a, charts, run_dir)),
+]
 
 
 def _energy(run: RunDir, a: Analysis) -> dict[str, Any]:
@@ -41,7 +60,8 @@ def render_reports(run_dir: Union[str, Path, RunDir]) -> dict[str, Path]:
     energy = _energy(run, a)
     if energy.get("chart"):
         charts["energy"] = Path(energy["chart"])
-    html = render_html(a, charts, energy)
-    atomic_write_text(run.path / "report.html", html)
-    atomic_write_text(run.path / "report.md", render_md(a, charts, run.path))
-    return {"html": run.path / "report.html", "md": run.path / "report.md", **{f"chart:{k}": p for k, p in charts.items()}}
+    written = {}
+    for out in OUTPUTS:
+        atomic_write_text(run.path / out.file, out.render(a, charts, run.path, energy))
+        written[out.name] = run.path / out.file
+    return {**written, **{f"chart:{k}": p for k, p in charts.items()}}
