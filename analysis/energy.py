@@ -25,11 +25,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.fmt import label
 from analysis.server_metrics import dictionary
-from analysis.steps import column, window_output_tokens
+from analysis.steps import window_output_tokens
 from core import telemetry as tm
-from core.results import ResultsError, RunDir, atomic_write_table, atomic_write_text
+from core.results import ResultsError, RunDir
 
 # A counter jump that implies more than this per GPU is a reset or a glitch, not energy.
 MAX_PLAUSIBLE_W = 5000.0
@@ -399,128 +398,3 @@ def sorted_table(rows: list[dict], variants: Optional[Sequence[str]] = None) -> 
     rank = {v: i for i, v in enumerate(variants or sorted(set(df.variant)))}
     df["_rank"] = df.variant.map(rank).fillna(len(rank))
     return df.sort_values(["_rank", "step"], kind="stable").drop(columns="_rank").reset_index(drop=True)
-
-
-# --- sentences and charts -----------------------------------------------------------------------
-
-def _by_level(table: pd.DataFrame, variant: str) -> pd.DataFrame:
-    t = table[(table.variant == variant) & table.comparable.astype(bool)]
-    t = t[t.joules_per_token.notna() & t.tokens_per_s.notna()]
-    if t.empty:
-        return t
-    return t.groupby("level")[["tokens_per_s", "joules_per_token", "mean_power_w"]].median()
-
-
-def _level_text(table: pd.DataFrame, level: float) -> str:
-    rates = table.rate.notna() & table.concurrency.isna()
-    if rates.any() and not table.concurrency.notna().any():
-        return f"at {level:g} req/s"
-    return f"at concurrency {int(level)}"
-
-
-def energy_sentence(table: pd.DataFrame, variant: str, baseline: str, level: Optional[float] = None) -> Optional[str]:
-    """e.g. 'awq at concurrency 64 gives 1.16x the tokens of fp16 for 18% less energy per token ...'.
-
-    Uses comparable steps only (complete, not throttled, covered); `level` defaults to the highest
-    level both variants reached. None when there is nothing comparable to say.
-    """
-    v, b = _by_level(table, variant), _by_level(table, baseline)
-    common = sorted(set(v.index) & set(b.index))
-    if not common:
-        return None
-    if level is None:
-        level = common[-1]
-    elif level not in common:
-        return None
-    tv, tb = v.loc[level], b.loc[level]
-    speed = tv.tokens_per_s / tb.tokens_per_s
-    change = tv.joules_per_token / tb.joules_per_token - 1.0
-    pct = round(abs(change) * 100)
-    if pct == 0:
-        energy = "the same energy per token"
-    else:
-        energy = f"{pct}% {'less' if change < 0 else 'more'} energy per token"
-    sources = sources_of(table[table.variant.isin([variant, baseline])])
-    how = "modelled power, not measured" if sources == ["modelled"] else ("measured by " + "+".join(sources))
-    return (f"{variant} {_level_text(table, level)} gives {speed:.2f}x the tokens of {baseline} for {energy} "
-            f"({tv.joules_per_token:.3g} vs {tb.joules_per_token:.3g} J/token; {how})")
-
-
-def energy_sentences(table: pd.DataFrame, baseline: str) -> list[str]:
-    """One sentence per non-baseline variant with comparable steps, plus a note on throttled steps."""
-    out = []
-    for variant in dict.fromkeys(table.variant):
-        if variant == baseline:
-            continue
-        s = energy_sentence(table, variant, baseline)
-        if s:
-            out.append(s)
-    throttled = table[table.throttled.astype(bool)]
-    if len(throttled):
-        which = ", ".join(f"{r.variant} step {r.step}" for r in throttled.itertuples())
-        out.append(f"clocks were throttled in {which}: those steps are left out of the energy comparison")
-    return out
-
-
-def plot_energy(table: pd.DataFrame, path: Union[str, Path], colours: Optional[dict[str, str]] = None
-                ) -> Optional[Path]:
-    """Mean power and output tokens per joule against load, one line per variant; None if no energy.
-
-    `colours` (variant -> colour) keeps each variant's colour of the report's other charts."""
-    t = table[table.energy_j.notna()]
-    if t.empty:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401 - used through matplotlib.ticker below
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate_mode = not t.concurrency.notna().any()
-    fig, (ax_p, ax_e) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for variant, g in t.groupby("variant", sort=False):
-        g = g.groupby("level")[["mean_power_w", "tokens_per_joule"]].median().sort_index()
-        colour = (colours or {}).get(variant)
-        ax_p.plot(g.index, g.mean_power_w, marker="o", label=label(variant), color=colour)
-        ax_e.plot(g.index, g.tokens_per_joule, marker="o", label=label(variant), color=colour)
-        bad = t[(t.variant == variant) & t.throttled.astype(bool)]
-        if len(bad):
-            ax_e.scatter(bad.level, bad.tokens_per_joule, marker="x", color="red", zorder=3)
-    xlabel = "request rate (req/s)" if rate_mode else "concurrency"
-    for ax, ylabel in ((ax_p, "mean GPU power (W)"), (ax_e, "output tokens per joule")):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        if not rate_mode:
-            ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
-        ax.grid(True, alpha=0.3)
-    title = "GPU power and energy efficiency" + (" (modelled)" if energy_label(sources_of(t)) == "modelled" else "")
-    fig.suptitle(title)
-    ax_e.legend(fontsize="small")
-    # fixed margins: tight_layout would draw the figure a second time to measure it
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.88, wspace=0.25)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def write_energy(run_dir: Union[str, Path, RunDir], steps: Optional[pd.DataFrame] = None,
-                 table: Optional[pd.DataFrame] = None, colours: Optional[dict[str, str]] = None
-                 ) -> dict[str, Optional[Path]]:
-    """energy.parquet, energy.csv and charts/energy.png in the run directory (nothing if no telemetry).
-
-    `table` (an energy table already computed, as the analysis keeps one) is written as it is.
-    """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if table is None:
-        table = energy_table(run, steps)
-    if table.empty or not table.energy_j.notna().any():
-        return {"table": None, "csv": None, "chart": None}
-    pq_path = run.path / "energy.parquet"
-    atomic_write_table(pq_path, pa.Table.from_pandas(table, preserve_index=False))
-    csv_path = run.path / "energy.csv"
-    atomic_write_text(csv_path, table.to_csv(index=False))
-    chart = plot_energy(table, run.charts_dir / "energy.png", colours)
-    return {"table": pq_path, "csv": csv_path, "chart": chart}

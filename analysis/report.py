@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from analysis import energy
+from analysis import energy_chart, energy_text
 from analysis.charts import colours, write_charts
 from analysis.pipeline import Analysis, compute
 from analysis.quality.chart import speed_quality_chart
@@ -41,11 +41,11 @@ def _energy(run: RunDir, a: Analysis) -> dict[str, Any]:
     if a.energy.empty:
         return {}
     try:
-        written = energy.write_energy(run, table=a.energy, colours=colours(a))
+        written = energy_chart.write_energy(run, table=a.energy, colours=colours(a))
     except (OSError, ValueError, RuntimeError) as exc:
         a.warnings.append(f"energy chart and files left out: {type(exc).__name__}: {exc}")
         written = {}
-    return {"chart": written.get("chart"), "sentences": energy.energy_sentences(a.energy, a.baseline)}
+    return {"chart": written.get("chart"), "sentences": energy_text.energy_sentences(a.energy, a.baseline)}
 
 
 def render_reports(run_dir: Union[str, Path, RunDir]) -> dict[str, Path]:

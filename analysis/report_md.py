@@ -16,7 +16,7 @@ import numpy as np
 from analysis import fmt
 from analysis import report_tables as rt
 from analysis.crosscheck import commands as crosscheck_commands
-from analysis.energy import energy_sentences
+from analysis.energy_text import energy_sentences
 from analysis.pipeline import Analysis
 from analysis.quality.table import absent_sentence, quality_note, quality_table
 from analysis.speedup import interval

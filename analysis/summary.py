@@ -17,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 
 from analysis.crosscheck import verdict_word
-from analysis.energy import STEP_COLUMNS, energy_label, energy_sentences, sources_of
+from analysis.energy import STEP_COLUMNS, energy_label, sources_of
+from analysis.energy_text import energy_sentences
 from analysis.pipeline import Analysis, compute, finite
 from analysis.quality.verdict import verdict_lines
 from analysis.prefix_cache import leak_sentence

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from analysis import energy as en
+from analysis import energy_chart, energy_text
 from analysis.data import SLO
 from analysis.steps import aggregate_step, window_output_tokens
 from core.records import RequestRecord, StepInfo
@@ -190,12 +191,12 @@ def test_energy_table_known_answer(tmp_path):
     c = r.loc[("awq", 8)]
     assert c.power_capped_share == pytest.approx(1.0)
     assert not c.throttled and c.comparable
-    s = en.energy_sentence(df, "awq", "fp16", level=8)
+    s = energy_text.energy_sentence(df, "awq", "fp16", level=8)
     # 1200 vs 1000 tokens; 3500/1200 vs 4000/1000 J/token: 27% less
     assert s.startswith("awq at concurrency 8 gives 1.20x the tokens of fp16 for 27% less energy per token")
     assert "measured by nvml" in s
     # default level: the highest both reached; 10000/2320 vs 6000/2000 J/token is 44% more
-    assert "at concurrency 64 gives 1.16x the tokens of fp16 for 44% more energy per token" in en.energy_sentence(
+    assert "at concurrency 64 gives 1.16x the tokens of fp16 for 44% more energy per token" in energy_text.energy_sentence(
         df, "awq", "fp16")
 
 
@@ -208,8 +209,8 @@ def test_throttled_step_is_flagged_and_left_out(tmp_path):
     bad = df[(df.variant == "awq") & (df.level == 64)].iloc[0]
     assert bad.throttled and not bad.comparable
     assert bad.throttle_reasons == "hw_thermal_slowdown"
-    assert en.energy_sentence(df, "awq", "fp16", level=64) is None
-    lines = en.energy_sentences(df, "fp16")
+    assert energy_text.energy_sentence(df, "awq", "fp16", level=64) is None
+    lines = energy_text.energy_sentences(df, "fp16")
     assert lines[0].startswith("awq at concurrency 8 ")
     assert "throttled in awq step 1" in lines[-1]
 
@@ -225,8 +226,8 @@ def test_modelled_source_says_so_and_chart_is_written(tmp_path):
     run.write_manifest({"steps": steps})
     df = en.energy_table(run)
     assert set(df.source) == {"modelled"}
-    assert "modelled power, not measured" in en.energy_sentence(df, "awq", "fp16")
-    out = en.write_energy(run)
+    assert "modelled power, not measured" in energy_text.energy_sentence(df, "awq", "fp16")
+    out = energy_chart.write_energy(run)
     assert out["chart"].exists() and out["chart"].stat().st_size > 5000
     assert pd.read_csv(out["csv"]).shape[0] == 2
 
@@ -236,8 +237,8 @@ def test_run_without_telemetry_gives_an_empty_table(tmp_path):
     run.write_manifest({"steps": [StepInfo("a", 0, 1, None, "complete", 0.0, 1.0).to_dict()]})
     df = en.energy_table(run)
     assert df.empty and list(df.columns) == en.COLUMNS
-    assert en.write_energy(run) == {"table": None, "csv": None, "chart": None}
-    assert en.plot_energy(df, tmp_path / "x.png") is None
+    assert energy_chart.write_energy(run) == {"table": None, "csv": None, "chart": None}
+    assert energy_chart.plot_energy(df, tmp_path / "x.png") is None
 
 
 # --- a real series: NVML on an H100, 3 s idle, 8 s of bf16 matmuls, 2 s idle, read every 0.1 s ----

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from analysis.energy import energy_sentence, energy_table
+from analysis.energy import energy_table
+from analysis.energy_text import energy_sentence
 from core.hardware.catalog import get_gpu
 from core.plan import parse_plan
 from deploy import launcher
