@@ -8,7 +8,6 @@ incomplete rather than dropped. Servers are stopped on every exit path.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -25,8 +24,7 @@ from core.plan import Plan
 from core.records import MEASURE, STEP_COMPLETE, STEP_FAILED, STEP_INCOMPLETE, RequestRecord, StepInfo
 from core.results import ResultsError, RunDir, atomic_write_text, safe_child
 from core.secrets import read_api_key, redact_obj, scrub_file
-from deploy import launcher, prefix_cache, verify
-from deploy.render.prometheus import publish_targets
+from deploy import launcher, verify
 from deploy.servers import server_commands
 from deploy.start_retry import StartFailed, start_with_retries
 from loadtest import crosscheck
@@ -34,16 +32,15 @@ from loadtest.distributed import DistributedDriver
 from loadtest.driver import Driver, LocalDriver
 from loadtest.exporter import ClientExporter, exporter_for
 from loadtest.manifest import new_manifest
-from loadtest.prom_reader import step_series
+from loadtest.probes import (
+    ClientCpuProbe, ExporterProbe, GpuProbe, LivenessProbe, PrefixCacheReset, Probe, ScrapeProbe, StepContext,
+    TargetsProbe,
+)
 from loadtest.quality.measure import measure_variant, quality_done
 from loadtest.quality.rows import FAILED as QUALITY_FAILED
-from loadtest.scraper import Scraper
-from loadtest.telemetry import GpuSampler, Telemetry, write_telemetry
+from loadtest.telemetry import GpuSampler, Telemetry
 from scenarios.openai_stream import Timeouts
 from scenarios.workload import build_workload
-
-CLIENT_SATURATED_PCT = 90.0
-
 
 class RunInterrupted(Exception):
     """The run was stopped by a signal; what was measured is on disk."""
@@ -189,6 +186,18 @@ class Sweep:
         if cmd.variant not in self._samplers:
             self._samplers[cmd.variant] = self.telemetry.sampler(cmd.variant, cmd.url, cmd.argv, cmd.env, self.headers)
         return self._samplers[cmd.variant]
+
+    def _probes(self, cmd: launcher.ServerCommand) -> list[Probe]:
+        """What watches each step of this variant, in the order they start and finish."""
+        probes: list[Probe] = [PrefixCacheReset()]
+        if self.exporter is not None:
+            probes.append(ExporterProbe(self.exporter))
+        probes += [TargetsProbe(lambda: self.exporter.url if self.exporter is not None else None),
+                   ScrapeProbe(self.plan, cmd, self.headers),
+                   GpuProbe(self._gpu_sampler(cmd), self.telemetry),
+                   ClientCpuProbe(self._proc),
+                   LivenessProbe(self._servers.get(cmd.variant))]
+        return probes
 
     def stop_all(self) -> None:
         for v in list(self._servers):
@@ -418,21 +427,15 @@ class Sweep:
         """One load level; returns False when the server died during it."""
         sw = self.plan.sweep
         p = self.progress
-        server = self._servers.get(cmd.variant)
-        if self.plan.server.prefix_cache == "reset":  # a strict A/B: nothing cached from the step before
-            err = prefix_cache.reset(cmd.url, self.headers)
-            if err:
-                self.manifest["warnings"].append(f"{cmd.variant} step {lv.index}: prefix cache not reset: {err}")
-        gpu = self._gpu_sampler(cmd)  # opening a source and its first reading stay out of the step's clock
-        gpu.new_step(lv.index)
-        gpu.poll(force=True)
+        step = StepContext(self.plan, self.run, cmd, lv.index, lv.concurrency, lv.rate, driver, self.headers,
+                           self.manifest["warnings"])
+        probes = self._probes(cmd)
+        for probe in probes:  # opening a source and its first reading stay out of the step's clock
+            probe.open(step)
         t_start = time.time()
         info = StepInfo(cmd.variant, lv.index, lv.concurrency, lv.rate, STEP_INCOMPLETE, t_start, repeat=lv.repeat)
+        step.info, step.t_start = info, t_start
         self._step_entry(info)
-        scraper = Scraper(cmd.url + "/metrics", cmd.variant, headers=self.headers,
-                          timeout=self.plan.scrape.timeout_s, interval=self.plan.scrape.interval_s,
-                          max_server_share=self.plan.scrape.max_server_share)
-        scraper.new_step(lv.index)
         window_start = t_start + sw.warmup_at(lv.level)
         count = sw.requests_at(lv.level)
         by_count = count is not None
@@ -440,31 +443,17 @@ class Sweep:
         p.step, p.level = lv.index + 1, lv.load.label()
         p.sent = p.done = p.errors = p.tokens = 0
         died: Optional[str] = None
-        cpu_max = 0.0
-        self._proc.cpu_percent(None)
         records: list[RequestRecord] = []
         driver.start_step(cmd.variant, lv.index, lv.concurrency, lv.rate, window_start, window_end,
                           count, sw.ramp_s)
-        if self.exporter is not None:
-            self.exporter.attach(driver, cmd.variant, lv.index, lv.concurrency, lv.rate)
-        publish_targets(self.plan.scrape.targets_dir, {cmd.variant: cmd.url},
-                        self.exporter.url if self.exporter is not None else None)
-        if self.plan.scrape.direct:
-            scraper.start()
-        next_cpu = time.time() + 1.0
+        for probe in probes:
+            probe.start(step)
         drain_deadline: Optional[float] = None
         try:
             while True:
                 now = time.time()
-                gpu.poll(now)
-                if now >= next_cpu:
-                    # with workers, the busiest worker process counts too
-                    cpu_max = max(cpu_max, self._proc.cpu_percent(None),
-                                  getattr(driver, "worker_cpu_max", lambda: 0.0)())
-                    next_cpu = now + 1.0
-                if server is not None and not server.alive():
-                    died = (f"server of {cmd.variant} exited with status {server.process.returncode} "
-                            f"during step {lv.index}; last log lines:\n{server.log_tail(20)}")
+                died = next((why for why in (probe.poll(step, now) for probe in probes) if why), None)
+                if died:
                     break
                 p.phase = "warm-up" if now < window_start else ("measure" if driver.accepting() else "drain")
                 p.sent, p.in_flight = driver.sent(), driver.in_flight()
@@ -477,15 +466,13 @@ class Sweep:
                     if driver.in_flight() == 0 or now >= drain_deadline:
                         break
                 gevent.sleep(0.05)
-            gpu.poll(force=True)
         finally:
             self._shielded = True  # a signal now waits until the step is on disk
-            scraper.stop(final=self.plan.scrape.direct)
+            for probe in probes:
+                probe.stop(step)
             records = driver.finish_step()
-            if self.exporter is not None:
-                self.exporter.end_step()
             end = time.time()
-            info.ended = end
+            step.end = info.ended = end
             info.sent, info.recorded = driver.sent(), len(records)
             info.window_start = window_start
             if by_count:
@@ -493,29 +480,9 @@ class Sweep:
                 info.window_end = max(ends) if ends else end
             else:
                 info.window_end = min(window_end, end) if window_end else end
-            info.client_cpu_max = round(cpu_max, 1)
-            info.client_saturated = cpu_max >= CLIENT_SATURATED_PCT
-            if info.client_saturated:
-                self.manifest["warnings"].append(
-                    f"{cmd.variant} step {lv.index}: a load-generator process reached {cpu_max:.0f}% of a core; "
-                    f"its latencies may include client delay (use more workers)")
-            if scraper.widest_interval > self.plan.scrape.interval_s * 1.01:
-                self.manifest["warnings"].append(
-                    f"{cmd.variant} step {lv.index}: /metrics took about "
-                    f"{scraper.widest_interval * self.plan.scrape.max_server_share:.2f} s to serve, so it was scraped every {scraper.widest_interval:.1f} s at most instead of "
-                    f"{self.plan.scrape.interval_s:g} s (scrape.max_server_share {self.plan.scrape.max_server_share:g}): "
-                    f"frequent scrapes would slow the server they measure")
-            if scraper.buffer.failures:
-                info.error = f"{scraper.buffer.failures} of {scraper.buffer.scrapes} scrapes failed ({scraper.buffer.last_error})"
             self.run.write_requests(cmd.variant, lv.index, records)
-            series, warn = step_series(self.plan.scrape, cmd.url, cmd.variant, lv.index, t_start, end,
-                                       scraper.buffer.table() if self.plan.scrape.direct else None)
-            if warn:
-                self.manifest["warnings"].append(warn)
-            self.run.write_metrics(cmd.variant, lv.index, series)
-            if gpu.active:
-                write_telemetry(self.run, cmd.variant, lv.index, gpu.table())
-                self.telemetry.finish(gpu)
+            for probe in probes:
+                probe.finish(step)
             if died:
                 info.status, info.error = STEP_FAILED, died
             elif self._interrupted is None:
