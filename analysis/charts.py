@@ -18,6 +18,7 @@ import pandas as pd
 from analysis.fmt import label
 from analysis.plotting import pyplot as _plt
 from analysis.plotting import save as _save
+from core.backends import is_modelled
 from analysis.pipeline import Analysis
 from analysis.speedup import SLO_ATTAINMENT
 from analysis.summary import threshold_key
@@ -81,7 +82,7 @@ def _note(ax, text: str) -> None:
 
 
 def _title(a: Analysis, text: str) -> str:
-    return text + (" (emulator: modelled)" if a.info.backend == "emulator" else "")
+    return text + (f" ({a.info.backend}: modelled)" if is_modelled(a.info.backend) else "")
 
 
 def throughput_chart(a: Analysis, path: Path) -> Optional[Path]:

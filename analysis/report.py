@@ -17,6 +17,7 @@ from analysis.pipeline import Analysis, compute
 from analysis.quality.chart import speed_quality_chart
 from analysis.report_html import render_html
 from analysis.report_md import render_md
+from core.backends import is_modelled
 from core.results import RunDir, atomic_write_text
 
 
@@ -54,7 +55,7 @@ def render_reports(run_dir: Union[str, Path, RunDir]) -> dict[str, Path]:
     a = compute(run)
     charts = write_charts(a, run.charts_dir)
     quality = speed_quality_chart(a.quality, a.speedups, a.info.mode, colours(a), run.charts_dir / "quality.png",
-                                  emulator=a.info.backend == "emulator")
+                                  emulator=is_modelled(a.info.backend))
     if quality is not None:
         charts["quality"] = quality
     energy = _energy(run, a)

@@ -27,6 +27,7 @@ from analysis.quality.table import absent_sentence, quality_note, quality_table
 from analysis.speedup import SLO_ATTAINMENT
 from analysis.speedup import interval as _iv
 from analysis.summary import BACKEND_NOTE, _roofline_sentence, served_problem, threshold_key, verdict
+from core.backends import BACKENDS
 from core.hardware.roofline import compute_dtype
 
 TEMPLATE = r"""<!DOCTYPE html>
@@ -298,7 +299,7 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
                         "verdict": vi.served_verdict or "not recorded", "mismatch": vi.served_verdict == "mismatch",
                         "reasons": vi.served_reasons, "url": vi.url, "command": _command(vi.argv, vi.env)})
 
-    backend_class = info.backend if info.backend in ("emulator", "vllm", "external") else "other"
+    backend_class = info.backend if info.backend in BACKENDS else "other"
     return {
         "run_name": info.name, "backend_note": BACKEND_NOTE.get(info.backend, info.backend),
         "backend_class": backend_class, "model": info.model, "gpu": info.gpu, "baseline": info.baseline,

@@ -25,6 +25,8 @@ from analysis.prefix_cache import leak_sentence
 from analysis.roofline import explain
 from analysis.roofline_gap import gap_table
 from analysis.speedup import SLO_ATTAINMENT, interval
+from core.backends import BACKENDS
+from core.backends import note as backend_note
 from core.hardware.formats import INT4_FORMATS
 from core.results import (
     RunDir,
@@ -45,11 +47,7 @@ STEP_KEYS = [
     *STEP_COLUMNS.values(),
 ]
 INT_KEYS = ("concurrency", "gpus")
-BACKEND_NOTE = {
-    "emulator": "emulator — modelled, not measured on a GPU",
-    "vllm": "vllm — measured on real servers",
-    "external": "external — measured on servers run elsewhere",
-}
+BACKEND_NOTE = {name: b.note for name, b in BACKENDS.items()}  # kept for the reports' imports
 
 
 def level_key(level: float, mode: str) -> str:
@@ -316,7 +314,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "crossover": crossover,
         "verdict": verdict(a),
         "run": info.name,
-        "backend_note": BACKEND_NOTE.get(info.backend, info.backend),
+        "backend_note": backend_note(info.backend),
         "level": "concurrency" if mode == "concurrency" else "rate",
         "thresholds": list(info.thresholds),
         "speedup_interval": speedup_interval,

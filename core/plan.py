@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core import defaults
+from core.backends import backend
 from core.errors import RidgelineError
 from core.levels import Level, profile
 from core.plan_quality import QualitySpec
@@ -484,7 +485,7 @@ class Plan(_Strict):
     """A whole experiment."""
 
     name: str = "run"
-    backend: Literal["emulator", "vllm", "external"] = "emulator"
+    backend: str = Field(default="emulator", description="emulator | vllm | external (core.backends)")
     model: str = Field(default=defaults.DEFAULT_MODEL, description="catalogue name or a directory with config.json")
     served_model_name: Optional[str] = None
     gpu: str = Field(default=defaults.DEFAULT_GPU, description="GPU catalogue name (roofline and emulator)")
@@ -507,6 +508,12 @@ class Plan(_Strict):
     crosscheck: Optional[CrossCheckSpec] = Field(default=None, description="vllm bench serve beside the sweep")
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     quality: Optional[QualitySpec] = Field(default=None, description="eval sets asked of each live server")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        backend(v)  # BackendError (a ValueError) names the known backends
+        return v
 
     @field_validator("name")
     @classmethod
@@ -540,10 +547,11 @@ class Plan(_Strict):
             self.__dict__["baseline"] = names[0]
         elif self.baseline not in names:
             raise ValueError(f"baseline '{self.baseline}' is not one of the variants ({', '.join(names)})")
-        if self.backend == "external":
+        if backend(self.backend).needs_url:
             missing = [x.name for x in self.variants if not x.url]
             if missing:
-                raise ValueError(f"backend external needs a url for every variant (missing: {', '.join(missing)})")
+                raise ValueError(f"backend {self.backend} needs a url for every variant "
+                                 f"(missing: {', '.join(missing)})")
         if self.quality is not None:
             self.quality.check_names(names, self.baseline)
         cc = self.crosscheck

@@ -16,8 +16,9 @@ import json
 import os
 import sys
 import urllib.parse
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from core.backends import backend
 from core.errors import RidgelineError
 from core.hardware.variants import Variant, resolve
 from core.parallel import ParallelSizeError, tensor_parallel_size
@@ -50,11 +51,22 @@ def server_commands(plan: Plan, ports: Optional[dict[str, int]] = None, api_key:
     """
     ports = dict(ports or {})
     variants = [resolve(spec) for spec in plan.variants]
-    if plan.backend == "external":
-        return [_external(v) for v in variants]
+    return SERVER_COMMANDS[backend(plan.backend).name](plan, variants, ports, api_key)
+
+
+def _external_commands(plan: Plan, variants: list[Variant], ports: dict[str, int], api_key: Any
+                       ) -> list[ServerCommand]:
+    return [_external(v) for v in variants]
+
+
+def _emulator_commands(plan: Plan, variants: list[Variant], ports: dict[str, int], api_key: Any
+                       ) -> list[ServerCommand]:
     host = plan.server.host
-    if plan.backend == "emulator":
-        return [_emulator(plan, v, host, ports.get(v.name) or free_port(host)) for v in variants]
+    return [_emulator(plan, v, host, ports.get(v.name) or free_port(host)) for v in variants]
+
+
+def _vllm_commands(plan: Plan, variants: list[Variant], ports: dict[str, int], api_key: Any) -> list[ServerCommand]:
+    host = plan.server.host
     key = read_api_key(plan.api_key_env, plan.api_key_file) if api_key is _UNSET else api_key
     gpus = gpu_assignment(plan, variants)
     out = []
@@ -73,6 +85,14 @@ def server_commands(plan: Plan, ports: Optional[dict[str, int]] = None, api_key:
         out.append(ServerCommand(v.name, argv + mfu, env=env, host=host, port=port,
                                  startup_timeout_s=plan.server.startup_timeout_s, notes={"mfu_metrics": note}))
     return out
+
+
+# how each backend's servers are started (core.backends lists what the rest of ridgeline knows of them)
+SERVER_COMMANDS: dict[str, Callable[[Plan, list[Variant], dict[str, int], Any], list[ServerCommand]]] = {
+    "emulator": _emulator_commands,
+    "vllm": _vllm_commands,
+    "external": _external_commands,
+}
 
 
 # --- GPUs -----------------------------------------------------------------------------------------
