@@ -1,1 +1,1 @@
-"""Bringing servers up and down: the variant registry, the launcher, the emulator, rendered deployments."""
+"""Bringing servers up and down: server commands per backend, the launcher, checks, the emulator, renders."""

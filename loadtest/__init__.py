@@ -1,1 +1,1 @@
-"""Running experiments: the plan, the sweep, the metrics scraper and exporter, the results, the CLI."""
+"""Running experiments: the CLI, the sweep and its probes (scraper, GPU sampler, exporter), drivers, resume."""
