@@ -579,6 +579,7 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
     for row, v in zip([row for row in r.get("timing", []) if "vllm" in row], verdicts):
         s[f"timing_no_worse@{row['streams']}"] = v["ok"]
         s[f"timing_from@{row['streams']}"] = v["from"]
+        s[f"timing_comparable@{row['streams']}"] = not _lateness_note(row)
     if verdicts:  # TTFT and gap error, p50 and p99, at or below vllm bench serve's at every stream count
         s["timing_target_vs_vllm"] = all(v["ok"] for v in verdicts)
     last = max((row["streams"] for row in r.get("timing", [])), default=None)
@@ -659,13 +660,24 @@ def report_lines(r: dict[str, Any]) -> list[str]:
             v = timing_verdict(row)
             worse = [k for k, ok in v["figures"].items() if not ok]
             out.append(f"  {row['streams']:>7}  ridgeline's error no worse than vllm bench serve's "
-                       f"(from {v['from']}): " + ("yes" if v["ok"] else "NO: " + ", ".join(worse)))
+                       f"(from {v['from']}): " + ("yes" if v["ok"] else "NO: " + ", ".join(worse))
+                       + _lateness_note(row))
     for row in r.get("scaling", []):
         out.append(f"scaling: {row['workers']} worker(s): {row['events_per_s']:,.0f} events/s, "
                    f"{row['events_per_core_s'] or 0:,.0f} per worker core")
     if "scaling_2_workers" in r["summary"]:
         out.append(f"  2 workers / 1 worker: {r['summary']['scaling_2_workers']:.2f}x")
     return out
+
+
+def _lateness_note(row: dict[str, Any]) -> str:
+    """A warning when the null server itself was much later under one client than under the other."""
+    a = (row["ridgeline"].get("server_lateness") or {}).get("p99_ms")
+    b = (row["vllm"].get("server_lateness") or {}).get("p99_ms")
+    if a is None or b is None or max(a, b) <= 2 * min(a, b) + 1.0:
+        return ""
+    return (f" (but the null server's own lateness p99 was {a:.1f} ms under ridgeline against {b:.1f} ms under "
+            "the bench: these two rows do not compare)")
 
 
 def _cpus(cpus: Optional[list[int]]) -> str:

@@ -142,3 +142,14 @@ def test_timing_verdict_compares_sizes_and_says_where_it_came_from():
     row["ridgeline_workers"] = {"workers": 2, **t(9.0, 30.0, 1.0, 9.0)}
     v = timing_verdict(row)
     assert not v["ok"] and v["from"] == "1 process; 2 workers no better" and v["figures"]["ttft p50"]
+
+
+def test_rows_whose_null_server_ran_much_later_under_one_client_are_flagged():
+    from loadtest.client_bench import _lateness_note
+
+    def row(a, b):
+        return {"ridgeline": {"server_lateness": {"p99_ms": a}}, "vllm": {"server_lateness": {"p99_ms": b}}}
+
+    assert _lateness_note(row(1.2, 1.1)) == "" and _lateness_note(row(3.0, 1.0)) == ""  # within 2x + 1 ms
+    assert "29.5 ms under ridgeline against 6.1 ms" in _lateness_note(row(29.5, 6.1))
+    assert "do not compare" in _lateness_note(row(2.0, 30.0))
