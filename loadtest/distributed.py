@@ -42,6 +42,7 @@ import psutil
 from locust.env import Environment
 
 from core.errors import RidgelineError
+from core.levels import from_fields
 from core.net import free_port
 from core.plan import ScenarioSpec
 from core.records import DRAIN, MEASURE, REQUEST_SCHEMA, RequestRecord
@@ -246,8 +247,14 @@ class DistributedDriver:
                 # closed loop: worker i's users take ramp slots i, i + n, ... (StepControl.set_ramp)
                 "ramp_s": ramp_s, "ramp_first": i, "ramp_stride": self.n,
             }, client_id=cid)
-        if concurrency is not None:
-            self.runner.start(concurrency, spawn_rate=max(concurrency * 1000.0, 1000.0))
+        from_fields(concurrency, rate).drive(self, ramp_s)
+
+    def hold_users(self, users: int, ramp_s: float) -> None:  # noqa: ARG002 - each worker ramps its own users
+        """Closed loop: the master spreads `users` over the workers (Locust's own distribution)."""
+        self.runner.start(users, spawn_rate=max(users * 1000.0, 1000.0))
+
+    def send_at_rate(self, rate: float) -> None:
+        """Open loop: nothing to do here; each worker sends its share on the schedule it was sent."""
 
     def _wait_ready_again(self, timeout_s: float = 15.0) -> None:
         """After a stop, Locust workers report ready again; a new spawn before that would be lost."""
