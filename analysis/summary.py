@@ -25,7 +25,7 @@ from analysis.prefix_cache import leak_sentence
 from analysis.roofline import explain
 from analysis.roofline_gap import gap_table
 from analysis.speedup import SLO_ATTAINMENT, interval
-from core.backends import BACKENDS
+from core.backends import BACKENDS, is_modelled
 from core.backends import note as backend_note
 from core.hardware.formats import INT4_FORMATS
 from core.results import (
@@ -164,7 +164,7 @@ def verdict(a: Analysis) -> str:
     mode = info.mode
     word = "concurrency" if mode == "concurrency" else "rate"
     parts: list[str] = []
-    if info.backend == "emulator":
+    if is_modelled(info.backend):
         parts.append("Emulator run (modelled, not measured on a GPU).")
     sp = a.speedups
     if a.levels.empty:

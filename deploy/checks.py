@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from core.backends import backend
 from core.errors import RidgelineError
 from core.hardware.catalog import CatalogError, load_model, model_from_config
 from core.hardware.formats import FORMATS, INT4_FORMATS
@@ -223,14 +224,14 @@ def check_checkpoint(v: Variant, model: str, cache_dirs: Optional[list[Path]] = 
 
 def _targets(plan: Plan, host: HostGpus) -> tuple[list[GpuInfo], str, str]:
     """(GPUs judged, level of GPU findings, where they come from)."""
-    if plan.backend == "external":
+    if not backend(plan.backend).starts_servers:
         return [], WARNING, ""
-    if plan.backend == "vllm" and host.kind == "cuda" and host.gpus:
+    if backend(plan.backend).launches_vllm and host.kind == "cuda" and host.gpus:
         return list(host.gpus), ERROR, ""
     cat = from_catalog(plan.gpu)
     if cat is None:
         return [], WARNING, ""
-    if plan.backend == "emulator":
+    if backend(plan.backend).modelled:
         return [cat], ERROR, f" (the emulator models {plan.gpu})"
     return [cat], WARNING, f" (no GPU on this host: judged for the plan's gpu {plan.gpu})"
 
@@ -291,7 +292,7 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
                cache_dirs: Optional[list[Union[str, Path]]] = None) -> list[Finding]:
     """Every finding for the plan's variants, errors first within each variant."""
 
-    host = host if host is not None else (gpu_info.host() if plan.backend == "vllm" else gpu_info.CPU)
+    host = host if host is not None else (gpu_info.host() if backend(plan.backend).launches_vllm else gpu_info.CPU)
     dirs = [Path(d) for d in cache_dirs] if cache_dirs is not None else None
     findings: list[Finding] = []
     variants: list[Variant] = []
@@ -300,12 +301,12 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
             variants.append(resolve(spec))
         except VariantError as exc:
             findings.append(Finding(ERROR, spec.name, str(exc).split(": ", 1)[-1]))
-    if plan.backend == "vllm":
+    if backend(plan.backend).launches_vllm:
         try:
             read_api_key(plan.api_key_env, plan.api_key_file)
         except SecretError as exc:
             findings.append(Finding(ERROR, None, str(exc)))
-    if plan.backend == "emulator":
+    if backend(plan.backend).modelled:
         try:
             load_model(plan.model)
         except CatalogError as exc:
@@ -320,7 +321,7 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
         if s in SECRET_FLAGS:
             findings.append(Finding(ERROR, None, f"server.extra_args: {s} puts the API key on the command line; "
                                                  f"use api_key_env or api_key_file"))
-        elif s in RIDGELINE_FLAGS and plan.backend == "vllm":
+        elif s in RIDGELINE_FLAGS and backend(plan.backend).launches_vllm:
             findings.append(Finding(ERROR, None, f"server.extra_args: {s} is set by ridgeline for each variant"))
     util = float(_arg_value(list(plan.server.extra_args), "--gpu-memory-utilization") or 0.9)
     for v in variants:
@@ -330,12 +331,12 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
             if f in SECRET_FLAGS:
                 mine.append(Finding(ERROR, v.name, f"extra_args: {f} puts the API key on the command line; "
                                                    f"use api_key_env or api_key_file"))
-            elif f in RIDGELINE_FLAGS and plan.backend == "vllm":
+            elif f in RIDGELINE_FLAGS and backend(plan.backend).launches_vllm:
                 mine.append(Finding(ERROR, v.name, f"extra_args: {f} is set by ridgeline (use the variant's keys)"))
-            elif f in VARIANT_FLAG_KEYS and plan.backend == "vllm":
+            elif f in VARIANT_FLAG_KEYS and backend(plan.backend).launches_vllm:
                 mine.append(Finding(WARNING, v.name, f"extra_args: {f} overrides the variant's "
                                                      f"{VARIANT_FLAG_KEYS[f]}; it is labelled by what it asks for"))
-        if plan.backend == "emulator":
+        if backend(plan.backend).modelled:
             _, dropped = emulator_args(list(plan.server.extra_args) + extra)
             dropped = [d for d in dropped if d not in ("--dtype",)]
             if dropped:
@@ -347,7 +348,7 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
             tp = 1
         model_cfg: Optional[dict] = None
         shape = None
-        if plan.backend == "vllm":
+        if backend(plan.backend).launches_vllm:
             model = checkpoint(plan, v)
             if not Path(model).expanduser().exists() and not is_hub_id(model):
                 mine.append(Finding(ERROR, v.name, f"model {model!r} is not a checkpoint vLLM can load (a local "
@@ -363,12 +364,12 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
                         shape = model_from_config(model_cfg or {}, name=model, source=str(path))
                     except CatalogError:
                         shape = None
-        elif plan.backend == "emulator":
+        elif backend(plan.backend).modelled:
             try:
                 shape = load_model(plan.model)
             except CatalogError:
                 shape = None
-        if plan.backend == "vllm" and host.kind != "cuda":
+        if backend(plan.backend).launches_vllm and host.kind != "cuda":
             if v.quantization == "awq_marlin":
                 mine.append(Finding(WARNING, v.name, CPU_AWQ_MARLIN))
             x86_without_avx512 = host.has_cpu_flag("avx2") and host.has_cpu_flag("avx512f") is False
@@ -378,7 +379,7 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
                 mine.append(Finding(ERROR, v.name, CPU_NO_FP8_KV))
         v_util = float(_arg_value(extra, "--gpu-memory-utilization") or util)
         vg = _variant_gpus(gpus, assigned.get(v.name))
-        if plan.backend == "vllm" and host.kind == "cuda" and assigned.get(v.name):
+        if backend(plan.backend).launches_vllm and host.kind == "cuda" and assigned.get(v.name):
             idx = [int(i) for i in assigned[v.name].split(",") if i.strip().isdigit()]
             missing = [i for i in idx if i >= host.count]
             if missing:

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+from core.backends import backend
 from core.hardware.catalog import CatalogError, load_model, model_from_config
 from core.hardware.formats import FORMATS
 from core.hardware.variants import Variant, resolve
@@ -324,8 +325,8 @@ def _shape(plan: Any, v: Variant) -> tuple[Any, Optional[dict], str]:
     """(shape, config.json, where from): the model's core.hardware.catalog.ModelSpec when its config.json or
     catalogue entry is at hand (else None), the config itself for a checkpoint, and its path or "catalog"."""
 
-    model = plan.model if plan.backend == "emulator" else (v.model or plan.model)
-    path = find_config(model)[0] if plan.backend != "emulator" else None
+    model = plan.model if backend(plan.backend).modelled else (v.model or plan.model)
+    path = find_config(model)[0] if not backend(plan.backend).modelled else None
     if path is None:
         try:
             return load_model(model), None, "catalog"
@@ -371,7 +372,7 @@ def served_report(plan: Any, cmd: Any, server: Any = None, run_path: Optional[Pa
         candidate = Path(run_path) / "logs" / f"{cmd.variant}.log"
         log_path = candidate if candidate.exists() else None
     observed = fetch_observations(cmd.url, log_path)
-    if plan.backend == "emulator":
+    if backend(plan.backend).modelled:
         observed["backend"] = "emulator"
     w_ref, kv_ref = _reference(servers or {}, cmd.variant)
     shape, cfg, source = _shape(plan, v)

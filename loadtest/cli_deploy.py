@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from core.backends import backend
 from core.plan import Plan, PlanError, load_plan
 from deploy import state as deploy_state
 from deploy.state import auth_headers, proc_alive, server_status, state_path, write_state
@@ -140,7 +141,7 @@ def up(
               f"recorded in {path}): run `ridgeline deploy down` first")
     local = [c for c in cmds if c.argv]
     shared_gpu = len({c.env.get("CUDA_VISIBLE_DEVICES") for c in local}) < len(local)
-    if (plan.backend == "vllm" and plan.server.placement == "sequential" and len(local) > 1
+    if (backend(plan.backend).launches_vllm and plan.server.placement == "sequential" and len(local) > 1
             and gpu_info.host().kind == "cuda" and shared_gpu):
         _fail("server.placement is sequential: the variants share one GPU and cannot all run at once; "
               "start one with --variant NAME, or set server.placement: parallel (one GPU each)")

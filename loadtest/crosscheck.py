@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from core.backends import backend as backend_of
 from deploy.prefix_cache import RESET_PATH
 from core.plan import CrossCheckSpec, Plan
 from core.results import RunDir, safe_child
@@ -104,7 +105,7 @@ def interpreter(plan: Plan) -> str:
     if cc is not None and cc.python:
         return cc.python
     prog = plan.server.program
-    if plan.backend == "vllm" and prog and Path(prog[0]).name.startswith("python"):
+    if backend_of(plan.backend).launches_vllm and prog and Path(prog[0]).name.startswith("python"):
         return prog[0]
     return "python3"
 

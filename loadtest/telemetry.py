@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Protocol
 import pyarrow as pa
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.backends import backend
 from core import parallel
 from core.records import METRIC_SCHEMA
 from core.telemetry import (  # noqa: F401 - the vocabulary, re-read by the samplers below
@@ -503,7 +504,7 @@ class Telemetry:
         if self.source_name == "none":
             return None, why
         gpus = served_gpus(self.plan, variant, argv, env)
-        if self.plan.backend == "emulator" and self.source_name == "auto":
+        if backend(self.plan.backend).modelled and self.source_name == "auto":
             return ModelledSource(url.rstrip("/") + "/metrics", headers, fetch=self._fetch), why
         order = {"auto": ["dcgm", "nvml"] if self.dcgm_url else ["nvml"],
                  "nvml": ["nvml"], "dcgm": ["dcgm"]}[self.source_name]

@@ -16,6 +16,9 @@ def test_every_backend_can_be_started_and_is_named_in_reports():
     assert note("external") == "external — measured on servers run elsewhere"
     assert note("something-older") == "something-older"  # a results directory from elsewhere reads as it is
     assert is_modelled("emulator") and not is_modelled("vllm") and not is_modelled("nope")
+    # what checks, verification, telemetry and quality ask instead of comparing names
+    assert [b.name for b in BACKENDS.values() if b.launches_vllm] == ["vllm"]
+    assert [b.name for b in BACKENDS.values() if not b.starts_servers] == ["external"]
 
 
 def test_the_plan_refuses_an_unknown_backend_naming_the_known_ones():

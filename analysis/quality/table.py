@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from core.backends import is_modelled
 from analysis import fmt
 from analysis.quality.flags import BROKEN_KL_NATS, BROKEN_PPL_CHANGE_PCT
 from analysis.table_model import Row, Table
@@ -57,7 +58,7 @@ def absent_sentence(backend: str, section: Optional[dict[str, Any]]) -> Optional
     """What the reports say where there is no quality table (None: there is one)."""
     if section and section.get("variants"):
         return None
-    if backend == "emulator":
+    if is_modelled(backend):
         return ("Quality was not measured: the emulator has no model weights. To measure it, run the plan against "
                 "real servers (backend vllm or external) with a quality: block (likelihood, greedy and task eval "
                 "files); see docs/quality.md.")

@@ -18,3 +18,4 @@ class Backend:
     modelled: bool = False  # its figures come from a model, not from a GPU (charts and sentences say so)
     starts_servers: bool = True  # ridgeline launches its servers (external: they run elsewhere, by URL)
     needs_url: bool = False  # every variant must give the URL of its running server
+    launches_vllm: bool = False  # ridgeline starts a vLLM engine from a checkpoint (its flags, GPUs, weights apply)

@@ -2,4 +2,4 @@
 
 from core.backends.base import Backend
 
-BACKEND = Backend("vllm", "vllm — measured on real servers")
+BACKEND = Backend("vllm", "vllm — measured on real servers", launches_vllm=True)

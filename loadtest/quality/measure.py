@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
+from core.backends import backend
 from deploy.launcher import ServerCommand
 from core.hardware.variants import resolve
 from deploy.vllm_command import checkpoint, flag_name
@@ -81,11 +82,11 @@ def weights_of(plan: Plan, cmd: ServerCommand) -> tuple[str, Optional[str]]:
     Read from the command that really starts the server, and from the checkpoint's own note
     (ridgeline_quality.json, written where INT4 weights were dequantized back to bf16).
     """
-    if plan.backend == "emulator":
+    if backend(plan.backend).modelled:
         return "emulator", EMULATOR_REASON
-    if plan.backend == "vllm" and _flag_value(list(cmd.argv), "--load-format") == "dummy":
+    if backend(plan.backend).launches_vllm and _flag_value(list(cmd.argv), "--load-format") == "dummy":
         return "dummy", DUMMY_REASON
-    if plan.backend == "vllm":
+    if backend(plan.backend).launches_vllm:
         note = Path(checkpoint(plan, resolve(plan.variant(cmd.variant)))) / ORIGIN_FILE
         try:
             kind = json.loads(note.read_text()).get("weights")
@@ -129,7 +130,7 @@ def measure_variant(plan: Plan, cmd: ServerCommand, run_path: Path, headers: Opt
         "variant": cmd.variant, "status": NOT_MEASURED if reason else FAILED, "reason": reason,
         "weights": weights, "served_model": plan.served_model_name or cmd.variant,
         "baseline": q.baseline, "settings": _settings(q), "files": _files(q), "token_ids": False,
-        "url": cmd.url, "checkpoint": checkpoint(plan, spec) if plan.backend == "vllm" else None,
+        "url": cmd.url, "checkpoint": checkpoint(plan, spec) if backend(plan.backend).launches_vllm else None,
         "measurements": {}, "started": time.time(), "ended": None,
     }
     if reason is None and unavailable:
