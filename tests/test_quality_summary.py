@@ -51,6 +51,7 @@ def test_quality_section_per_variant(runs):
     assert awq["deltas"]["kl_mean"] > 0 and 0 <= awq["deltas"]["first_token_agreement"] < 1
     assert awq["deltas"]["accuracy_delta_points"] < 0
     assert q["variants"]["fp16"]["deltas"] == {} and q["variants"]["fp16"]["metrics"]["ppl"] > 1
+    assert set(q["variants"]["fp16"]["intervals"]) == {"nll", "ppl", "accuracy"}  # no agreement with itself
     dummy = q["variants"]["dummy"]
     assert dummy["status"] == "not_measured" and dummy["metrics"] == {}
     assert dummy["message"] == "quality not measured: dummy weights (--load-format dummy)"

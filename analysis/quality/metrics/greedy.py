@@ -36,6 +36,8 @@ class Greedy:
         rows, base = pair.variant.greedy, pair.baseline.greedy
         if rows is None or rows.empty or base is None or base.empty:
             return None
+        if pair.is_baseline:  # agreement is with the baseline: nothing to say about the baseline itself
+            return Figures(counts={"prompts": int(len(rows))})
         m = rows.merge(base, on="prompt_id", suffixes=("_v", "_b"))
         out = Figures(counts={"prompts": int(len(m))})
         if m.empty:
