@@ -63,10 +63,14 @@ def _no_room(path: Path, exc: OSError) -> Optional[DiskFullError]:
                          f"What was written before is intact; free space and resume the run.")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write then rename, with fsync, so a reader never sees half a file."""
+def atomic_write_bytes(path: Path, data: bytes, mode: Optional[int] = None) -> None:
+    """Write then rename, with fsync, so a reader never sees half a file.
+
+    `mode` (e.g. 0o644) is set before the rename, for a file another user must read (a Prometheus
+    in a container reads its targets file as someone else); otherwise the file stays private.
+    """
     try:
-        _atomic_write_bytes(path, data)
+        _atomic_write_bytes(path, data, mode)
     except OSError as exc:
         full = _no_room(path, exc)
         if full is None:
@@ -74,7 +78,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise full from None
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, mode: Optional[int] = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -82,6 +86,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -91,8 +97,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, mode: Optional[int] = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

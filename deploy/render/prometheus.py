@@ -11,8 +11,6 @@ the Prometheus reader select on.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -20,6 +18,7 @@ from typing import Any, Mapping, Optional
 import yaml
 
 from core.net import instance_of
+from core.results import atomic_write_text
 
 SERVERS_JOB = "ridgeline-servers"
 CLIENT_JOB = "ridgeline-client"
@@ -96,19 +95,7 @@ def render_prometheus(plan: Any, **kw: Any) -> str:
 
 def _write_readable(path: Path, text: str) -> None:
     """Write then rename, readable by all: Prometheus in a container reads it as another user."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, text, mode=0o644)
 
 
 def publish_targets(targets_dir: Optional[str], servers: Mapping[str, str],
