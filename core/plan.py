@@ -160,6 +160,16 @@ class SweepSpec(_Strict):
                                                                           "one for every step, or one per level")
     ramp_s: float = Field(default=0.0, ge=0, description="spread user starts over this time")
     repeats: int = Field(default=1, ge=1)
+    variants_at_once: Union[int, Literal["auto"]] = Field(
+        default=1, description="variants swept side by side, each against its own server (auto: as many as the "
+                               "host's CPUs carry for the emulator, else one; see loadtest/lanes.py)")
+
+    @field_validator("variants_at_once")
+    @classmethod
+    def _at_once(cls, v: Union[int, str]) -> Union[int, str]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("variants_at_once is at least 1 (or auto)")
+        return v
 
     @field_validator("mode")
     @classmethod
@@ -554,6 +564,14 @@ class Plan(_Strict):
                                  f"(missing: {', '.join(missing)})")
         if self.quality is not None:
             self.quality.check_names(names, self.baseline)
+        at_once = self.sweep.variants_at_once
+        if isinstance(at_once, int) and at_once > 1:
+            if self.backend == "vllm" and self.server.placement != "parallel":
+                raise ValueError("sweep.variants_at_once above 1 needs server.placement: parallel with backend vllm "
+                                 "(sequential variants share one GPU)")
+            if self.scrape.exporter_port is not None or self.scrape.targets_dir is not None:
+                raise ValueError("sweep.variants_at_once above 1 cannot be combined with scrape.exporter_port or "
+                                 "scrape.targets_dir (they follow one variant at a time)")
         cc = self.crosscheck
         if cc is not None:
             unknown = [v for v in cc.variants or [] if v not in names]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import gevent
 import greenlet
+from gevent.event import Event
 import psutil
 
 from core.hardware.variants import resolve
@@ -31,6 +32,7 @@ from loadtest import crosscheck
 from loadtest.distributed import DistributedDriver
 from loadtest.driver import Driver, LocalDriver
 from loadtest.exporter import ClientExporter, exporter_for
+from loadtest.lanes import StreamBudget, step_streams, stream_budget, variants_at_once
 from loadtest.manifest import new_manifest
 from loadtest.probes import (
     ClientCpuProbe, ExporterProbe, GpuProbe, LivenessProbe, PrefixCacheReset, Probe, ScrapeProbe, StepContext,
@@ -128,13 +130,18 @@ class Sweep:
         self.timeouts = Timeouts(plan.timeouts.connect_s, plan.timeouts.first_token_s, plan.timeouts.total_s)
         self._servers: dict[str, launcher.Server] = {}
         self._commands = commands
-        self._proc = psutil.Process()
         self.telemetry = Telemetry(plan, self.manifest)
         self._samplers: dict[str, GpuSampler] = {}
         self._interrupted: Optional[str] = None
         self._secrets = [self.key] if self.key else []
         self._main: Optional[greenlet.greenlet] = None  # the greenlet running execute()
-        self._shielded = False  # persisting or cleaning up: a signal waits until this is done
+        self._shields: set[greenlet.greenlet] = set()  # persisting or cleaning up: a signal waits until done
+        self._lanes: list[gevent.Greenlet] = []  # variants swept side by side (sweep.variants_at_once)
+        self._lane_progress: dict[greenlet.greenlet, Progress] = {}
+        self._budget: Optional[StreamBudget] = None  # side by side: the streams all steps may hold at once
+        self._starting = 0  # side by side: lanes still starting their server (steps wait for all of them)
+        self._all_started = Event()
+        self._all_started.set()
         self.exporter: Optional[ClientExporter] = None
 
     # ------------------------------------------------------------------ servers
@@ -195,7 +202,7 @@ class Sweep:
         probes += [TargetsProbe(lambda: self.exporter.url if self.exporter is not None else None),
                    ScrapeProbe(self.plan, cmd, self.headers),
                    GpuProbe(self._gpu_sampler(cmd), self.telemetry),
-                   ClientCpuProbe(self._proc),
+                   ClientCpuProbe(psutil.Process()),  # its own: side by side, none resets another's interval
                    LivenessProbe(self._servers.get(cmd.variant))]
         return probes
 
@@ -245,12 +252,21 @@ class Sweep:
             self.exporter = exporter_for(self.plan.scrape.exporter_host, self.plan.scrape.exporter_port)
             if self.exporter is not None:
                 self.manifest["exporter"] = self.exporter.url
+            work = []
             for vi, cmd in enumerate(cmds):
                 todo = [lv for lv in self.levels if (cmd.variant, lv.index) not in skip]
-                if not todo and not self._wants_quality(cmd.variant):
-                    continue
-                self.progress.variant, self.progress.variant_index = cmd.variant, vi + 1
-                self._run_variant(cmd, todo)
+                if todo or self._wants_quality(cmd.variant):
+                    work.append((vi, cmd, todo))
+            at_once = variants_at_once(self.plan)
+            if at_once > 1 and len(work) > 1:
+                self.manifest["variants_at_once"] = at_once
+                self._side_by_side(work, at_once)
+            else:
+                for vi, cmd, todo in work:
+                    if self._interrupted is not None:  # a signal that came while a server was stopping
+                        raise RunInterrupted(self._interrupted)
+                    self.progress.variant, self.progress.variant_index = cmd.variant, vi + 1
+                    self._run_variant(cmd, todo)
         except (KeyboardInterrupt, RunInterrupted) as exc:
             status = "interrupted"
             self.manifest["warnings"].append(f"run interrupted: {self._interrupted or type(exc).__name__}")
@@ -262,15 +278,15 @@ class Sweep:
             self.manifest["warnings"].append(f"run failed: {type(exc).__name__}: {exc}")
             raise
         finally:
-            self._shielded = True  # a second Ctrl-C must not leave servers running
+            self._shield(True)  # a second Ctrl-C must not leave servers running
             self.stop_all()
             if self.exporter is not None:
                 self.exporter.stop()
             self.telemetry.close()
             for s, h in old.items():
                 signal.signal(s, h)
+            self._shield(False)
             self._main = None
-            self._shielded = False
             self.manifest["status"] = status
             self.manifest["ended"] = time.time()
             try:
@@ -279,6 +295,81 @@ class Sweep:
                 if status == "complete":
                     raise  # otherwise the error already on its way says what went wrong
         return self.run
+
+    def _shield(self, on: bool) -> None:
+        """Mark the current greenlet as persisting or cleaning up (on) or done (off)."""
+        (self._shields.add if on else self._shields.discard)(greenlet.getcurrent())
+
+    def _progress_here(self) -> Progress:
+        """The progress of the variant the current greenlet sweeps (side by side, each has its own)."""
+        return self._lane_progress.get(greenlet.getcurrent(), self.progress)
+
+    def _side_by_side(self, work: list[tuple[int, launcher.ServerCommand, list[StepLevel]]], at_once: int) -> None:
+        """Sweep up to `at_once` variants at the same time, each in its own greenlet against its own server.
+
+        A failure or a signal stops the others: each is interrupted where it waits, except while it is
+        writing a step or stopping its server, after which it stops by itself (self._interrupted).
+        """
+        from gevent.pool import Pool
+
+        pool = Pool(at_once)
+        # the first lanes start their servers together and sweep only when all are up, so no server's
+        # start-up (an import-heavy process) competes with another variant's first, lightest steps
+        self._starting = min(at_once, len(work))
+        self._all_started.clear()
+        self._budget = StreamBudget(stream_budget())
+        self.manifest["streams_at_once"] = self._budget.limit
+        errors: list[BaseException] = []
+        try:
+            for vi, cmd, todo in work:
+                pool.wait_available()
+                if self._interrupted is not None:
+                    break
+                lane = gevent.Greenlet(self._lane, vi, cmd, todo, errors)
+                self._lanes.append(lane)
+                pool.start(lane)
+            gevent.joinall(self._lanes)
+        except BaseException:  # a signal thrown into this greenlet
+            self._stop_lanes()
+            gevent.joinall(self._lanes)
+            raise
+        finally:
+            self._lanes = []
+        failures = [e for e in errors if not isinstance(e, RunInterrupted)]
+        if failures or errors:
+            raise (failures or errors)[0]
+
+    def _lane(self, vi: int, cmd: launcher.ServerCommand, todo: list[StepLevel], errors: list[BaseException]) -> None:
+        p = Progress(variant=cmd.variant, variant_index=vi + 1, variants=self.progress.variants,
+                     steps=self.progress.steps, started=self.progress.started)
+        p.finished = self.progress.finished  # one table of finished steps for every variant
+        self._lane_progress[greenlet.getcurrent()] = p
+        try:
+            self._run_variant(cmd, todo)
+        except BaseException as exc:  # noqa: BLE001 - handed to the sweep's own greenlet, which raises it
+            errors.append(exc)
+            if not isinstance(exc, RunInterrupted) and self._interrupted is None:
+                self._interrupted = f"stopped: {type(exc).__name__} in variant {cmd.variant}"
+            self._stop_lanes()
+        finally:
+            self._lane_progress.pop(greenlet.getcurrent(), None)
+
+    def _started_one(self) -> None:
+        if self._starting > 0:
+            self._starting -= 1
+            if self._starting == 0:
+                self._all_started.set()
+
+    def _stop_lanes(self) -> None:
+        """Interrupt every other lane, from the hub (as a signal is, see _on_signal)."""
+        loop = gevent.get_hub().loop
+        for lane in self._lanes:
+            loop.run_callback(self._throw_into, lane)
+
+    def _throw_into(self, lane: greenlet.greenlet) -> None:
+        """Interrupt a lane where it waits; one that is persisting or cleaning up stops by itself after."""
+        if not lane.dead and lane not in self._shields and lane is not greenlet.getcurrent():
+            lane.throw(RunInterrupted(self._interrupted or "signal"))
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ANN001
         """SIGINT/SIGTERM: stop the run in the greenlet running it, never while a step is being written.
@@ -289,7 +380,7 @@ class Sweep:
         """
         first = self._interrupted is None
         self._interrupted = signal.Signals(signum).name
-        if not first or self._shielded or self._main is None:
+        if not first or self._main is None or self._main in self._shields:
             return
         if greenlet.getcurrent() is self._main:
             raise RunInterrupted(self._interrupted)
@@ -297,17 +388,20 @@ class Sweep:
 
     def _throw_into_main(self) -> None:
         main = self._main
-        if main is None or main.dead or self._shielded or greenlet.getcurrent() is main:
+        if main is None or main.dead or main in self._shields or greenlet.getcurrent() is main:
             return
         main.throw(RunInterrupted(self._interrupted or "signal"))
 
     def _run_variant(self, cmd: launcher.ServerCommand, levels: list[StepLevel]) -> None:
-        p = self.progress
+        p = self._progress_here()
         p.phase, p.message = "starting server", f"starting {cmd.variant}"
         self.on_progress(p)
         entry = self.manifest["servers"][cmd.variant]
         try:
-            server = self._start(cmd)
+            try:
+                server = self._start(cmd)
+            finally:
+                self._started_one()
         except launcher.LaunchError as exc:
             entry["error"] = str(exc)
             for lv in levels:
@@ -325,6 +419,7 @@ class Sweep:
                 entry["ready_s"] = round(time.time() - server.started, 2)
             entry["served"] = self._describe_served(cmd, server)
             self._save_manifest()
+            self._all_started.wait()
             if levels:
                 all_ok = self._run_levels(cmd, server, levels)
                 if all_ok and crosscheck.applies(self.plan, cmd.variant) and (server is None or server.alive()):
@@ -334,7 +429,11 @@ class Sweep:
                 dead = bool(cmd.argv) and (server is None or not server.alive())
                 self._quality(cmd, unavailable=f"server of {cmd.variant} is not running" if dead else None)
         finally:
-            self._stop(cmd.variant)
+            self._shield(True)  # a signal waits until the server is stopped
+            try:
+                self._stop(cmd.variant)
+            finally:
+                self._shield(False)
 
     def _run_levels(self, cmd: launcher.ServerCommand, server: Optional[launcher.Server],
                     levels: list[StepLevel]) -> bool:
@@ -384,7 +483,7 @@ class Sweep:
 
     def _quality(self, cmd: launcher.ServerCommand, unavailable: Optional[str] = None) -> None:
         """The plan's quality section against the variant's live server; a failure is recorded, never fatal."""
-        p = self.progress
+        p = self._progress_here()
         p.phase, p.message = "quality", f"quality of {cmd.variant}"
         self.on_progress(p)
         record = measure_variant(self.plan, cmd, self.run.path, self.headers, unavailable=unavailable)
@@ -397,7 +496,7 @@ class Sweep:
 
     def _crosscheck(self, cmd: launcher.ServerCommand) -> None:
         """vllm bench serve against the same live server; its failure is recorded, never fatal."""
-        p = self.progress
+        p = self._progress_here()
         p.phase, p.message = "cross-check", f"vllm bench serve against {cmd.variant}"
         self.on_progress(p)
         entry = crosscheck.run_crosscheck(self.plan, self.run, cmd.variant, cmd.url,
@@ -425,8 +524,19 @@ class Sweep:
 
     def _run_step(self, cmd: launcher.ServerCommand, driver: Driver, lv: StepLevel) -> bool:
         """One load level; returns False when the server died during it."""
+        if self._interrupted is not None:  # a signal that came while another step was being written
+            raise RunInterrupted(self._interrupted)
+        if self._budget is None:
+            return self._one_step(cmd, driver, lv)
+        held = self._budget.acquire(step_streams(self.plan, lv.concurrency, self._budget.limit))
+        try:
+            return self._one_step(cmd, driver, lv)
+        finally:
+            self._budget.release(held)
+
+    def _one_step(self, cmd: launcher.ServerCommand, driver: Driver, lv: StepLevel) -> bool:
         sw = self.plan.sweep
-        p = self.progress
+        p = self._progress_here()
         step = StepContext(self.plan, self.run, cmd, lv.index, lv.concurrency, lv.rate, driver, self.headers,
                            self.manifest["warnings"])
         probes = self._probes(cmd)
@@ -467,7 +577,7 @@ class Sweep:
                         break
                 gevent.sleep(0.05)
         finally:
-            self._shielded = True  # a signal now waits until the step is on disk
+            self._shield(True)  # a signal now waits until the step is on disk
             for probe in probes:
                 probe.stop(step)
             records = driver.finish_step()
@@ -490,7 +600,7 @@ class Sweep:
             self._step_entry(info)
             p.finished.append(_step_brief(info, records))
             self.on_progress(p)
-            self._shielded = False
+            self._shield(False)
         if self._interrupted is not None:
             raise RunInterrupted(self._interrupted)
         return died is None
