@@ -12,6 +12,7 @@ reuse at all, needs more. `server.prefix_cache` in the plan:
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from typing import Optional
@@ -36,9 +37,18 @@ def reset(url: str, headers: Optional[dict[str, str]] = None, timeout_s: float =
     req = urllib.request.Request(url.rstrip("/") + RESET_PATH, data=b"", method="POST", headers=dict(headers or {}))
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return None if 200 <= resp.status < 300 else f"{RESET_PATH} answered {resp.status}"
+            if not 200 <= resp.status < 300:
+                return f"{RESET_PATH} answered {resp.status}"
+            body = resp.read()
     except urllib.error.HTTPError as exc:
         hint = " (vLLM serves it only with VLLM_SERVER_DEV_MODE=1)" if exc.code == 404 else ""
         return f"{RESET_PATH} answered {exc.code}{hint}"
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return f"{RESET_PATH} failed: {exc}"
+    try:  # recent vLLM answers {"success": false} while blocks are still held by running requests
+        said = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    if isinstance(said, dict) and said.get("success") is False:
+        return f"{RESET_PATH} answered success: false (blocks still held by running requests)"
+    return None

@@ -69,7 +69,10 @@ def reset(url):
     try:
         req = urllib.request.Request(url, data=b"", method="POST", headers=HEADERS)
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return None if 200 <= resp.status < 300 else f"answered {resp.status}"
+            if not 200 <= resp.status < 300:
+                return f"answered {resp.status}"
+            said = json.loads(resp.read() or b"{}")
+            return "answered success: false" if isinstance(said, dict) and said.get("success") is False else None
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
 
