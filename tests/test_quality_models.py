@@ -6,7 +6,7 @@ round-to-nearest, and one with scrambled scales), plus the same INT4 weights deq
 Each variant is started through ridgeline's own path (plan -> checks -> servers -> launcher), in
 turn. What must hold whatever the training gave: the INT4 variants run an INT4 kernel (deploy.verify
 judges the engine's log), the dequantized twin runs 16-bit, the server returns prompt logprobs, the
-same request twice gives the same logprobs, and the damaged checkpoint is far worse than the base.
+same request twice gives the same logprobs, the INT4 ones stay close to the base, and the damaged checkpoint is far worse.
 """
 
 from __future__ import annotations
@@ -170,11 +170,15 @@ def test_trained_far_below_uniform(served):
     assert mean_nll(served["base"]) < 0.6 * uniform, (mean_nll(served["base"]), uniform)
 
 
-def test_int4_loses_and_broken_collapses(served):
+def test_int4_stays_close_and_broken_collapses(served):
+    """INT4 costs this model little (whether it costs measurably is the analysis' interval, on all
+    documents); the damaged checkpoint costs a nat per token or more, far beyond any INT4 variant."""
     need(served, "base", "rtn", "broken")
     base, rtn, broken = (mean_nll(served[n]) for n in ("base", "rtn", "broken"))
-    assert rtn > base, (base, rtn)
-    assert broken > base + 1.0, (base, broken)  # a nat per token: far beyond what INT4 costs
+    assert broken > base + 1.0, (base, broken)
+    for name in ("gptq", "awq", "rtn"):
+        if name in served:
+            assert abs(mean_nll(served[name]) - base) < 0.1 * (broken - base), (name, mean_nll(served[name]), base)
 
 
 def test_dequantized_twin_carries_the_int4_weights(served):
