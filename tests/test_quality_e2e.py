@@ -49,7 +49,7 @@ def _plan_dict(m, python: str, out: Path, dequantized: set[str]) -> dict:
         "scrape": {"interval_s": 1.0},
         "quality": {"likelihood": {"file": str(m.eval_file("text.jsonl")), "top_k": 20},
                     "greedy": {"file": str(m.eval_file("prompts.jsonl")), "max_tokens": 16},
-                    "task": {"file": str(m.eval_file("task.jsonl")), "scorer": "numeric", "max_tokens": 8}},
+                    "task": {"file": str(m.eval_file("task.jsonl")), "scorer": "contains", "max_tokens": 8}},
         "output_dir": str(out),
     }
 
