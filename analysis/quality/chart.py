@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from analysis import fmt
 from analysis.fmt import label
@@ -67,6 +68,15 @@ def speed_quality_chart(section: Optional[dict[str, Any]], speedups: pd.DataFram
                 xytext=(6, -12), fontsize=8)
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
     ax.axvline(0.0, color="grey", linestyle=":", linewidth=0.8)
+    xs = [abs(p[1]) for p in points if p[1] != 0]
+    if xs and max(xs) / min(xs) > 50:  # a broken variant would squash the others against the axis
+        ax.set_xscale("symlog", linthresh=min(xs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        lows = [p[2] if p[2] is not None else p[1] for p in points]
+        highs = [p[3] if p[3] is not None else p[1] for p in points]
+        left = -min(xs) if min(lows) >= 0 else min(lows) * 3
+        ax.set_xlim(left, max(highs) * 3 if max(highs) > 0 else min(xs))
+        xtitle += " (symmetric log scale)"
     ax.set_xlabel(label(xtitle, 80))
     ax.set_ylabel(f"speedup over {label(section.get('baseline'), 20)} (output tokens/s)")
     ax.grid(True, alpha=0.3)
