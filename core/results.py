@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import pandas as pd
 import pyarrow as pa
@@ -69,32 +69,34 @@ def atomic_write_bytes(path: Path, data: bytes, mode: Optional[int] = None) -> N
     `mode` (e.g. 0o644) is set before the rename, for a file another user must read (a Prometheus
     in a container reads its targets file as someone else); otherwise the file stays private.
     """
+    _replace_via_temp(path, lambda tmp: Path(tmp).write_bytes(data), mode)
+
+
+def _replace_via_temp(path: Path, write: Callable[[str], None], mode: Optional[int] = None) -> None:
+    """Write through a temporary name beside `path`, fsync, then rename over it: a reader never sees
+    half a file, a failure leaves no temporary behind, and a full disk is a DiskFullError naming the file."""
     try:
-        _atomic_write_bytes(path, data, mode)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            write(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
     except OSError as exc:
         full = _no_room(path, exc)
         if full is None:
             raise
         raise full from None
-
-
-def _atomic_write_bytes(path: Path, data: bytes, mode: Optional[int] = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def atomic_write_text(path: Path, text: str, mode: Optional[int] = None) -> None:
@@ -122,30 +124,7 @@ def _json_default(o: Any) -> Any:
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
     """Parquet through a temporary name; a full disk is a DiskFullError naming the file."""
-    try:
-        _atomic_write_table(path, table)
-    except OSError as exc:
-        full = _no_room(path, exc)
-        if full is None:
-            raise
-        raise full from None
-
-
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    _replace_via_temp(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def safe_child(root: Path, *parts: str) -> Path:
