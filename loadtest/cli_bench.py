@@ -44,6 +44,9 @@ def client(
                                           "with this many worker processes (0: never)"),
     timing_workers: int = typer.Option(0, "--timing-workers",
                                        help="also measure the timing error with the streams spread over N workers"),
+    parse_burst: int = typer.Option(16, "--parse-burst", min=1,
+                                    help="token events the null server writes per send in the parse-rate run "
+                                         "(1: one a send, which makes the server the bottleneck on one CPU)"),
     placement: str = typer.Option("split", "--placement",
                                   help="split: the null server on one CPU, both clients on the others; none: unpinned"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write every figure to this JSON file"),
@@ -59,7 +62,7 @@ def client(
     cfg = BenchConfig(streams=levels, parse_seconds=seconds, timing_seconds=seconds, ttft_ms=ttft_ms, gap_ms=gap_ms,
                       vllm_python=vllm_python or None, skip_scaling=no_scaling,
                       server_procs=server_procs, timing_workers=timing_workers, placement=placement,
-                      auto_workers=auto_workers)
+                      auto_workers=auto_workers, parse_burst=parse_burst)
     if cfg.vllm_python and not Path(cfg.vllm_python).exists():
         err.print(f"{cfg.vllm_python} not found: measuring ridgeline alone")
         cfg.vllm_python = None

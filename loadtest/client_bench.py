@@ -95,6 +95,12 @@ class BenchConfig:
     also_parse_streams: list[int] = field(default_factory=lambda: [256])  # the parse rate at these too
     parse_tokens: int = 256  # events per request in the parse-rate run
     parse_seconds: float = 6.0
+    # token events the null server writes per send in the parse-rate run. At one a send the server,
+    # on its one CPU, is what sets the pace (about 160,000 events/s here), every read of either
+    # client gets one event, and the figure is the server's rate over however much CPU a client
+    # spends waking up for each one; with 16 a send the server outpaces both clients (each then
+    # runs at 100% of its core) and the figure is each client's own cost per event
+    parse_burst: int = 16
     ttft_ms: float = 50.0
     gap_ms: float = 50.0
     timing_tokens: int = 16
@@ -149,7 +155,13 @@ class LatenessNullServer(NullServer):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         start = time.perf_counter()
-        for i in range(n):
+        if not (self.ttft_s or self.gap_s):  # the parse-rate run: BURST events a send, never the bottleneck
+            for i in range(0, n, BURST):
+                await resp.write(ev * min(BURST, n - i))
+            n_timed = 0
+        else:
+            n_timed = n
+        for i in range(n_timed):
             due = start + self.ttft_s + i * self.gap_s
             delay = due - time.perf_counter()
             if delay > 0:
@@ -172,6 +184,7 @@ class LatenessNullServer(NullServer):
         return web.json_response(out)
 
 port, ttft, gap, reuse = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+BURST = int(sys.argv[5])
 srv = LatenessNullServer(0, ttft, gap)
 app = srv.app()
 app.router.add_get("/lateness", srv.lateness)
@@ -210,13 +223,14 @@ def window_timing(records: list, w0: float, w1: float, ttft_s: float, gap_s: flo
 
 
 def _null_servers(tmp: Path, ttft_ms: float = 0.0, gap_ms: float = 0.0, procs: int = 1,
-                  prefix: Optional[list[str]] = None) -> list:
-    """The null server (that many processes sharing one port with SO_REUSEPORT when procs > 1)."""
+                  prefix: Optional[list[str]] = None, burst: int = 1) -> list:
+    """The null server (that many processes sharing one port with SO_REUSEPORT when procs > 1);
+    without delays it writes `burst` token events per send."""
     port = launcher.free_port()
     out = []
     for i in range(max(procs, 1)):
         argv = [*(prefix or []), sys.executable, "-c", _NULL_SERVER, str(port), str(ttft_ms / 1000), str(gap_ms / 1000),
-                "1" if procs > 1 else "0"]
+                "1" if procs > 1 else "0", str(max(burst, 1))]
         out.append(launcher.start(launcher.ServerCommand("null", argv, port=port, startup_timeout_s=30),
                                   tmp / f"null-{port}-{i}.log"))
     if procs > 1:
@@ -465,7 +479,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
         f"placement {place.name}")
     servers = []
     try:
-        fast_procs = _null_servers(work, procs=cfg.server_procs, prefix=place.server_prefix())
+        fast_procs = _null_servers(work, procs=cfg.server_procs, prefix=place.server_prefix(), burst=cfg.parse_burst)
         servers += fast_procs
         timed_procs = _null_servers(work, cfg.ttft_ms, cfg.gap_ms, procs=cfg.server_procs,
                                     prefix=place.server_prefix())
@@ -627,8 +641,10 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     if pl:
         out.append(f"placement {pl['name']}: null server on CPU {_cpus(pl.get('server_cpus'))}, "
                    f"clients on CPU {_cpus(pl.get('client_cpus'))}")
+    burst = r["config"].get("parse_burst", 1)
     out.append(f"token events parsed per second per core (no server delays, {r['config']['parse_tokens']} "
-               "events a request):")
+               f"events a request, {burst} a send"
+               + (": a client near 100% of its core is at its own limit, not the server's pace):" if burst > 1 else "):"))
     out.append("  streams  ridgeline  vllm bench serve  ratio   (client CPU: ridgeline, vllm bench serve)")
     for level in r.get("parse_at") or [{"streams": r["config"]["parse_streams"], **r["parse"]}]:
         mine, v = level["ridgeline"], level.get("vllm") or {}

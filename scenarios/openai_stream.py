@@ -247,10 +247,17 @@ def _reader(resp):  # noqa: ANN001, ANN202
 
     geventhttpclient's readline copies and re-scans its buffer once per line; reading whatever the
     socket holds and splitting it here costs one recv and one parse per burst of events.
+
+    It waits for the socket to be readable before it reads, as an event loop does: a stream's events
+    mostly come one per wake-up, and reading first would fail (EAGAIN, an exception) on every second
+    recv, a syscall and a raise per event. Only after a read that filled the whole block, when more
+    is likely waiting, does it read again straight away.
     """
     buf = getattr(resp, "_body_buffer", None)
-    if buf is None or not hasattr(resp, "_sock") or not hasattr(resp, "feed"):  # another client version
+    if buf is None or not hasattr(resp, "feed") or not hasattr(resp, "message_complete"):  # another version
         return lambda: resp.readline(b"\n")
+    feed = resp.feed
+    more = [True]  # the last read filled its block (or none was made yet): read again before waiting
 
     def read_some() -> bytes:
         while True:
@@ -258,13 +265,18 @@ def _reader(resp):  # noqa: ANN001, ANN202
                 data = bytes(buf)
                 del buf[:]
                 return data
-            if resp.message_complete:
+            if resp.message_complete:  # (a short body may have come whole with the headers)
                 return b""
             sock = resp._sock  # noqa: SLF001
             if sock is None:
                 raise HTTPConnectionClosed("connection closed.")
-            data = sock.recv(RECV_BLOCK)
-            resp.feed(data)
+            if more[0]:
+                data = sock.recv(RECV_BLOCK)  # gevent's recv: reads, or waits and reads
+            else:
+                sock._wait(sock._read_event)  # noqa: SLF001 - readable now: the read below will not fail
+                data = sock.recv(RECV_BLOCK)
+            more[0] = len(data) == RECV_BLOCK
+            feed(data)
             if not data and not buf:
                 return b""
 

@@ -39,6 +39,35 @@ def test_bench_without_vllm_reports_ridgeline_alone():
     assert np.isfinite(r["summary"]["p99_gap_error_ms@16"])
 
 
+@pytest.mark.parametrize("events,burst", [(7, 3), (16, 16), (5, 1)])
+def test_parse_rate_server_sends_every_event_whatever_its_burst(tmp_path, events, burst):
+    """Writing several events a send changes how they are cut on the wire, never how many arrive."""
+    from deploy import launcher
+    from loadtest.client_bench import _null_servers
+    from scenarios.openai_stream import Timeouts, make_client, stream_request
+
+    procs = _null_servers(tmp_path, burst=burst)
+    try:
+        client = make_client(procs[0].url, Timeouts())
+        for _ in range(2):  # the second rides the kept connection
+            res = stream_request(client, "/v1/completions", {"prompt": "x", "max_tokens": events, "stream": True},
+                                 Timeouts())
+            assert res.ok and res.done and res.error_kind is None
+            assert res.token_events == events and res.completion_tokens == events
+            assert len(res.itl_s) == events - 1
+    finally:
+        for p in procs:
+            launcher.stop(p)
+
+
+def test_report_says_how_many_events_a_send():
+    cfg = BenchConfig(streams=[8], parse_streams=4, parse_seconds=0.5, timing_seconds=0.5, ttft_ms=5, gap_ms=5,
+                      timing_tokens=3, vllm_python=None, skip_scaling=True, parse_tokens=32, parse_burst=8)
+    r = run_bench(cfg, log=lambda m: None)
+    assert r["config"]["parse_burst"] == 8
+    assert any("32 events a request, 8 a send" in x for x in report_lines(r))
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_bench_against_vllm_bench_serve():
