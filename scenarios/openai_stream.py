@@ -273,7 +273,9 @@ def _reader(resp):  # noqa: ANN001, ANN202
             if more[0]:
                 data = sock.recv(RECV_BLOCK)  # gevent's recv: reads, or waits and reads
             else:
-                sock._wait(sock._read_event)  # noqa: SLF001 - readable now: the read below will not fail
+                # readable now, so the read below does not fail; the stream's own timeouts cover a
+                # silent server (the socket's would start and cancel a timer per event)
+                sock.hub.wait(sock._read_event)  # noqa: SLF001
                 data = sock.recv(RECV_BLOCK)
             more[0] = len(data) == RECV_BLOCK
             feed(data)
