@@ -105,6 +105,10 @@ class BenchConfig:
     gap_ms: float = 50.0
     timing_tokens: int = 16
     timing_seconds: float = 6.0
+    # each timing row measures at least this many gaps, longer than timing_seconds where the streams
+    # are few: a p99 rests on its largest 1%, and at 64 streams 6 s give 7,700 gaps (77 above the
+    # p99), whose p99 moved by 0.1 ms from run to run on a quiet host, as much as the two clients differ
+    timing_min_gaps: int = 20_000
     scaling_streams: int = 64
     scaling_seconds: float = 5.0
     vllm_python: Optional[str] = field(default_factory=default_vllm_python)
@@ -226,6 +230,13 @@ def window_timing(records: list, w0: float, w1: float, ttft_s: float, gap_s: flo
                 break
             gaps.append(g)
     return timing_errors(ttfts, [gaps], ttft_s, gap_s)
+
+
+def timing_seconds(cfg: BenchConfig, streams: int) -> float:
+    """How long one client's timing run at `streams` lasts: timing_seconds, or longer to reach
+    timing_min_gaps gaps (each stream makes one every gap_ms)."""
+    per_s = streams / (cfg.gap_ms / 1000) if cfg.gap_ms > 0 else float("inf")
+    return max(cfg.timing_seconds, cfg.timing_min_gaps / per_s)
 
 
 def _null_servers(tmp: Path, ttft_ms: float = 0.0, gap_ms: float = 0.0, procs: int = 1,
@@ -510,13 +521,14 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
         req_s = cfg.ttft_ms / 1000 + (cfg.timing_tokens - 1) * cfg.gap_ms / 1000
         result["timing"] = []
         for n in cfg.streams:
-            log(f"timing error at {n} streams: ridgeline")
-            row: dict[str, Any] = {"streams": n}
+            secs = timing_seconds(cfg, n)
+            log(f"timing error at {n} streams: ridgeline ({secs:.1f} s)")
+            row: dict[str, Any] = {"streams": n, "seconds": round(secs, 2)}
             ramp = even_ramp(n, cfg.gap_ms / 1000, req_s / 2)
             row["ramp"] = {"spacing_ms": round(ramp.spacing_s * 1000, 4), "ramp_s": round(ramp.ramp_s, 4)}
             server_lateness(timed.url, reset=True)
             d0 = _server_delay(timed_procs)
-            row["ridgeline"] = _client_subprocess(timed.url, n, cfg.timing_seconds, cfg.timing_tokens,
+            row["ridgeline"] = _client_subprocess(timed.url, n, secs, cfg.timing_tokens,
                                                   ramp_s=ramp.ramp_s, ttft_s=cfg.ttft_ms / 1000,
                                                   gap_s=cfg.gap_ms / 1000, prefix=cpre)
             row["ridgeline"]["server_lateness"] = server_lateness(timed.url, reset=True)
@@ -525,7 +537,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
                 log(f"timing error at {n} streams: vllm bench serve")
                 d0 = _server_delay(timed_procs)
                 row["vllm"] = vllm_timing(cfg.vllm_python, timed.url, tok, work, n, cfg.timing_tokens,
-                                          cfg.timing_seconds, cfg.ttft_ms / 1000, cfg.gap_ms / 1000, prefix=cpre)
+                                          secs, cfg.ttft_ms / 1000, cfg.gap_ms / 1000, prefix=cpre)
                 row["vllm"]["server_lateness"] = server_lateness(timed.url, reset=True)
                 row["vllm"]["server_run_delay_ms"] = _since(d0, _server_delay(timed_procs))
             workers = cfg.timing_workers
@@ -536,8 +548,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict[str, Any]:  # noqa: ANN001
                 server_lateness(timed.url, reset=True)
                 row["ridgeline_workers"] = _run_json(
                     [*cpre, sys.executable, "-m", "loadtest.client_bench", "_scaling", timed.url, str(n),
-                     str(cfg.timing_seconds), str(cfg.timing_tokens), str(workers), str(ramp.ramp_s),
-                     str(cfg.ttft_ms / 1000), str(cfg.gap_ms / 1000)], timeout=cfg.timing_seconds + 180)
+                     str(secs), str(cfg.timing_tokens), str(workers), str(ramp.ramp_s),
+                     str(cfg.ttft_ms / 1000), str(cfg.gap_ms / 1000)], timeout=secs + 180)
                 row["ridgeline_workers"]["server_lateness"] = server_lateness(timed.url, reset=True)
             result["timing"].append(row)
 
@@ -661,8 +673,11 @@ def report_lines(r: dict[str, Any]) -> list[str]:
                    + f"   ({mine.get('cpu_pct', float('nan')):.0f}%, {v.get('cpu_pct') or float('nan'):.0f}%)")
     if "parse_target_1.5x" in r["summary"]:
         out.append(f"  parse_target_1.5x: {str(r['summary']['parse_target_1.5x']).lower()}")
+    secs = ", ".join(f"{row['seconds']:g} s at {row['streams']}" for row in r["timing"] if "seconds" in row)
     out.append(f"timing error, measured minus the null server's delays "
-               f"(ttft {r['config']['ttft_ms']:g} ms, gap {r['config']['gap_ms']:g} ms), ms:")
+               f"(ttft {r['config']['ttft_ms']:g} ms, gap {r['config']['gap_ms']:g} ms), ms"
+               + (f" (each client {secs} streams, at least {r['config'].get('timing_min_gaps', 0):,} gaps a row)"
+                  if secs else "") + ":")
     out.append("  streams  client            ttft p50  ttft p99   gap p50   gap p99")
     for row in r["timing"]:
         wn = (row.get("ridgeline_workers") or {}).get("workers", r["config"].get("timing_workers", 0))

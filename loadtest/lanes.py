@@ -20,11 +20,20 @@ open-loop step its max_concurrency, else the whole budget) and waits until they 
 than the budget runs alone. The budget is STREAMS_PER_CPU streams per usable CPU: on two cores two
 steps at concurrency 256 run together, four at 128 (the client then stays near half a core; four at
 256 took it to a whole core, which `client_saturated` flags).
+
+Side by side, the lanes also take turns between measuring and bookkeeping (PhaseGate): every lane's
+streams are timed by the same client process, so a lane that writes its finished step to disk (the
+first write imports the Parquet machinery: half a second) or opens its next step's probes holds up
+the streams of a lane still inside its window, and those tokens are then stamped late or fall
+past the window's end. That is what moved fp8kv's ratio at concurrency 1 between 0.94x and 1.04x
+with free-running lanes. With the gate no window is open while any lane does bookkeeping.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 from gevent.event import Event
@@ -76,9 +85,12 @@ class StreamBudget:
         self.held = 0
         self._freed = Event()
 
-    def acquire(self, streams: int) -> int:
-        """Wait until `streams` (at most the limit) fit, then hold them; returns what is held."""
+    def acquire(self, streams: int, on_wait: Optional[Callable[[], None]] = None) -> int:
+        """Wait until `streams` (at most the limit) fit, then hold them; returns what is held.
+        `on_wait` is called once before waiting, when they do not fit at once."""
         n = max(0, min(int(streams), self.limit))
+        if on_wait is not None and self.held + n > self.limit:
+            on_wait()
         while self.held + n > self.limit:
             self._freed.clear()
             self._freed.wait()
@@ -88,3 +100,72 @@ class StreamBudget:
     def release(self, streams: int) -> None:
         self.held -= streams
         self._freed.set()
+
+
+class PhaseGate:
+    """Lanes open their windows together and do their bookkeeping together, never both at once.
+
+    A lane is either measuring (its window is open), between windows (writing its last step,
+    setting up its next one, starting its server) or parked (waiting for stream budget, done, or
+    busy with something that is no step). A window opens only when no lane is between windows, so
+    the lanes measure the same level at the same time; bookkeeping starts only when no window is
+    open. Every lane joins between windows, so the first windows wait until all servers are up.
+    """
+
+    def __init__(self) -> None:
+        self.measuring = 0
+        self.between: set[object] = set()
+        self._changed = Event()
+
+    def _wait(self) -> None:
+        self._changed.clear()
+        self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    def join(self, lane: object) -> None:
+        """A new lane: between windows until its first one."""
+        self.between.add(lane)
+
+    def park(self, lane: object) -> None:
+        """The lane waits for something else, or is done: windows no longer wait for it."""
+        if lane in self.between:
+            self.between.discard(lane)
+            self._notify()
+
+    def work(self, lane: object) -> None:
+        """Between windows: wait until no window is open (the others' windows wait for this lane)."""
+        self.between.add(lane)
+        while self.measuring:
+            self._wait()
+
+    @contextmanager
+    def measure(self, lane: object) -> Iterator[None]:
+        """Hold the lane's window open: opens once no lane is between windows."""
+        self.park(lane)
+        while self.between:
+            self._wait()
+        self.measuring += 1
+        try:
+            yield
+        finally:
+            self.measuring -= 1
+            self._notify()
+
+
+class NoGate:
+    """One lane: nothing to take turns with."""
+
+    def join(self, lane: object) -> None:
+        pass
+
+    def park(self, lane: object) -> None:
+        pass
+
+    def work(self, lane: object) -> None:
+        pass
+
+    @contextmanager
+    def measure(self, lane: object) -> Iterator[None]:
+        yield

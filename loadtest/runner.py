@@ -32,7 +32,7 @@ from loadtest import crosscheck
 from loadtest.distributed import DistributedDriver
 from loadtest.driver import Driver, LocalDriver
 from loadtest.exporter import ClientExporter, exporter_for
-from loadtest.lanes import StreamBudget, step_streams, stream_budget, variants_at_once
+from loadtest.lanes import NoGate, PhaseGate, StreamBudget, step_streams, stream_budget, variants_at_once
 from loadtest.manifest import new_manifest
 from loadtest.probes import (
     ClientCpuProbe, ExporterProbe, GpuProbe, LivenessProbe, PrefixCacheReset, Probe, ScrapeProbe, StepContext,
@@ -139,6 +139,7 @@ class Sweep:
         self._lanes: list[gevent.Greenlet] = []  # variants swept side by side (sweep.variants_at_once)
         self._lane_progress: dict[greenlet.greenlet, Progress] = {}
         self._budget: Optional[StreamBudget] = None  # side by side: the streams all steps may hold at once
+        self._gate: PhaseGate | NoGate = NoGate()  # side by side: no window open while a lane does bookkeeping
         self._starting = 0  # side by side: lanes still starting their server (steps wait for all of them)
         self._all_started = Event()
         self._all_started.set()
@@ -318,6 +319,7 @@ class Sweep:
         self._starting = min(at_once, len(work))
         self._all_started.clear()
         self._budget = StreamBudget(stream_budget())
+        self._gate = PhaseGate()
         self.manifest["streams_at_once"] = self._budget.limit
         errors: list[BaseException] = []
         try:
@@ -326,6 +328,8 @@ class Sweep:
                 if self._interrupted is not None:
                     break
                 lane = gevent.Greenlet(self._lane, vi, cmd, todo, errors)
+                if len(self._lanes) < self._starting:  # the first lanes measure together from their first window
+                    self._gate.join(lane)
                 self._lanes.append(lane)
                 pool.start(lane)
             gevent.joinall(self._lanes)
@@ -335,6 +339,7 @@ class Sweep:
             raise
         finally:
             self._lanes = []
+            self._gate = NoGate()
         failures = [e for e in errors if not isinstance(e, RunInterrupted)]
         if failures or errors:
             raise (failures or errors)[0]
@@ -347,11 +352,13 @@ class Sweep:
         try:
             self._run_variant(cmd, todo)
         except BaseException as exc:  # noqa: BLE001 - handed to the sweep's own greenlet, which raises it
+            self._gate.park(greenlet.getcurrent())
             errors.append(exc)
             if not isinstance(exc, RunInterrupted) and self._interrupted is None:
                 self._interrupted = f"stopped: {type(exc).__name__} in variant {cmd.variant}"
             self._stop_lanes()
         finally:
+            self._gate.park(greenlet.getcurrent())
             self._lane_progress.pop(greenlet.getcurrent(), None)
 
     def _started_one(self) -> None:
@@ -474,6 +481,7 @@ class Sweep:
                                                   error="skipped: the server died in an earlier step"))
                     break
         finally:
+            self._gate.park(greenlet.getcurrent())  # other lanes' windows no longer wait for this one
             driver.close()
         return all_ok
 
@@ -528,7 +536,9 @@ class Sweep:
             raise RunInterrupted(self._interrupted)
         if self._budget is None:
             return self._one_step(cmd, driver, lv)
-        held = self._budget.acquire(step_streams(self.plan, lv.concurrency, self._budget.limit))
+        me = greenlet.getcurrent()
+        held = self._budget.acquire(step_streams(self.plan, lv.concurrency, self._budget.limit),
+                                    on_wait=lambda: self._gate.park(me))
         try:
             return self._one_step(cmd, driver, lv)
         finally:
@@ -537,55 +547,52 @@ class Sweep:
     def _one_step(self, cmd: launcher.ServerCommand, driver: Driver, lv: StepLevel) -> bool:
         sw = self.plan.sweep
         p = self._progress_here()
+        gate, me = self._gate, greenlet.getcurrent()
         step = StepContext(self.plan, self.run, cmd, lv.index, lv.concurrency, lv.rate, driver, self.headers,
                            self.manifest["warnings"])
         probes = self._probes(cmd)
+        info = StepInfo(cmd.variant, lv.index, lv.concurrency, lv.rate, STEP_INCOMPLETE, time.time(), repeat=lv.repeat)
+        step.info, step.t_start = info, info.started
+        gate.work(me)
         for probe in probes:  # opening a source and its first reading stay out of the step's clock
             probe.open(step)
-        t_start = time.time()
-        info = StepInfo(cmd.variant, lv.index, lv.concurrency, lv.rate, STEP_INCOMPLETE, t_start, repeat=lv.repeat)
-        step.info, step.t_start = info, t_start
         self._step_entry(info)
-        window_start = t_start + sw.warmup_at(lv.level)
-        count = sw.requests_at(lv.level)
-        by_count = count is not None
-        window_end = None if by_count else window_start + sw.duration_at(lv.level)
-        p.step, p.level = lv.index + 1, lv.load.label()
-        p.sent = p.done = p.errors = p.tokens = 0
         died: Optional[str] = None
         records: list[RequestRecord] = []
-        driver.start_step(cmd.variant, lv.index, lv.concurrency, lv.rate, window_start, window_end,
-                          count, sw.ramp_s)
-        for probe in probes:
-            probe.start(step)
-        drain_deadline: Optional[float] = None
+        started = stopped = False
+        window_start: Optional[float] = None
+        window_end: Optional[float] = None
         try:
-            while True:
-                now = time.time()
-                died = next((why for why in (probe.poll(step, now) for probe in probes) if why), None)
-                if died:
-                    break
-                p.phase = "warm-up" if now < window_start else ("measure" if driver.accepting() else "drain")
-                p.sent, p.in_flight = driver.sent(), driver.in_flight()
-                self.on_progress(p)
-                if driver.accepting() and window_end is not None and now >= window_end:
-                    driver.stop_accepting()
-                if not driver.accepting():
-                    if drain_deadline is None:
-                        drain_deadline = now + sw.drain_at(lv.level)
-                    if driver.in_flight() == 0 or now >= drain_deadline:
-                        break
-                gevent.sleep(0.05)
+            with gate.measure(me):
+                try:
+                    t_start = time.time()  # the step starts when its turn comes
+                    info.started = step.t_start = t_start
+                    window_start = t_start + sw.warmup_at(lv.level)
+                    window_end = None if sw.requests_at(lv.level) is not None else window_start + sw.duration_at(lv.level)
+                    p.step, p.level = lv.index + 1, lv.load.label()
+                    p.sent = p.done = p.errors = p.tokens = 0
+                    driver.start_step(cmd.variant, lv.index, lv.concurrency, lv.rate, window_start, window_end,
+                                      sw.requests_at(lv.level), sw.ramp_s)
+                    started = True
+                    for probe in probes:
+                        probe.start(step)
+                    died = self._measure(step, driver, probes, p, lv, window_start, window_end)
+                finally:
+                    # the step's last scrape and the cut-off of its requests belong to its window
+                    self._shield(True)  # a signal now waits until the step is on disk
+                    stopped = True
+                    records = self._stop_step(step, driver, probes, started)
+                    end = time.time()
         finally:
-            self._shield(True)  # a signal now waits until the step is on disk
-            for probe in probes:
-                probe.stop(step)
-            records = driver.finish_step()
-            end = time.time()
+            self._shield(True)
+            if not stopped:
+                records = self._stop_step(step, driver, probes, started)
+                end = time.time()
+            gate.work(me)  # the step is written while no other window is open
             step.end = info.ended = end
             info.sent, info.recorded = driver.sent(), len(records)
-            info.window_start = window_start
-            if by_count:
+            info.window_start = window_start if window_start is not None else info.started
+            if sw.requests_at(lv.level) is not None:
                 ends = [r.send_time + (r.e2e_s or 0.0) for r in records if r.phase == MEASURE]
                 info.window_end = max(ends) if ends else end
             else:
@@ -604,6 +611,35 @@ class Sweep:
         if self._interrupted is not None:
             raise RunInterrupted(self._interrupted)
         return died is None
+
+    @staticmethod
+    def _stop_step(step: StepContext, driver: Driver, probes: list[Probe], started: bool) -> list[RequestRecord]:
+        """The step's closing readings and its records (requests still running are cut off)."""
+        for probe in probes:
+            probe.stop(step)
+        return driver.finish_step() if started else []
+
+    def _measure(self, step: StepContext, driver: Driver, probes: list[Probe], p: Progress, lv: StepLevel,
+                 window_start: float, window_end: Optional[float]) -> Optional[str]:
+        """Hold the step until its window and drain are over; returns why the server died, if it did."""
+        sw = self.plan.sweep
+        drain_deadline: Optional[float] = None
+        while True:
+            now = time.time()
+            died = next((why for why in (probe.poll(step, now) for probe in probes) if why), None)
+            if died:
+                return died
+            p.phase = "warm-up" if now < window_start else ("measure" if driver.accepting() else "drain")
+            p.sent, p.in_flight = driver.sent(), driver.in_flight()
+            self.on_progress(p)
+            if driver.accepting() and window_end is not None and now >= window_end:
+                driver.stop_accepting()
+            if not driver.accepting():
+                if drain_deadline is None:
+                    drain_deadline = now + sw.drain_at(lv.level)
+                if driver.in_flight() == 0 or now >= drain_deadline:
+                    return None
+            gevent.sleep(0.05)
 
 
 def _step_brief(info: StepInfo, records: list[RequestRecord]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from loadtest.lanes import StreamBudget, step_streams, variants_at_once
+from loadtest.lanes import PhaseGate, StreamBudget, step_streams, variants_at_once
 from core.plan import PlanError, parse_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +84,87 @@ def test_budget_lets_steps_in_while_they_fit_and_a_big_one_alone():
     release["d"].set()
     gevent.joinall(lanes, raise_error=True)
     assert order.index("-b") < order.index("+c") and budget.held == 0
+
+
+def test_gate_opens_windows_together_and_keeps_bookkeeping_out_of_them():
+    gate = PhaseGate()
+    order: list[str] = []
+    go = {name: gevent.event.Event() for name in ("a", "b", "c")}
+
+    def lane(name: str, steps: int, park_first: bool = False) -> None:
+        me = gevent.getcurrent()
+        for i in range(steps):
+            gate.work(me)
+            order.append(f"setup {name}{i}")
+            gevent.sleep(0)  # the setup yields (a scrape, a write)
+            with gate.measure(me):
+                order.append(f"open {name}{i}")
+                go[name].wait()
+                go[name].clear()
+            order.append(f"close {name}{i}")
+            gate.work(me)
+            order.append(f"write {name}{i}")
+        gate.park(me)
+
+    lanes = {n: gevent.Greenlet(lane, n, 2) for n in ("a", "b")}
+    for g in lanes.values():
+        gate.join(g)
+        g.start()
+    gevent.sleep(0.01)
+    assert order[-2:] == ["open a0", "open b0"] or order[-2:] == ["open b0", "open a0"]
+    go["a"].set()
+    gevent.sleep(0.01)
+    assert "write a0" not in order  # b's window is still open
+    go["b"].set()
+    gevent.sleep(0.01)
+    # both wrote their first step, then both opened their second window together
+    i_open = [order.index(f"open {n}1") for n in "ab"]
+    assert max(order.index(f"write {n}0") for n in "ab") < min(i_open)
+    assert max(order.index(f"close {n}0") for n in "ab") < min(order.index(f"write {n}0") for n in "ab")
+    go["a"].set()
+    go["b"].set()
+    gevent.joinall(list(lanes.values()), raise_error=True)
+    assert gate.measuring == 0 and not gate.between
+
+
+def test_gate_does_not_wait_for_a_parked_or_interrupted_lane():
+    gate = PhaseGate()
+    opened = gevent.event.Event()
+
+    def measuring_lane() -> None:
+        me = gevent.getcurrent()
+        gate.work(me)
+        with gate.measure(me):
+            opened.set()
+
+    def stuck_lane() -> None:  # between windows, then interrupted (its server would not start)
+        me = gevent.getcurrent()
+        try:
+            gate.work(me)
+            gevent.sleep(60)
+        finally:
+            gate.park(me)
+
+    a, b = gevent.Greenlet(measuring_lane), gevent.Greenlet(stuck_lane)
+    for g in (a, b):
+        gate.join(g)
+        g.start()
+    gevent.sleep(0.01)
+    assert not opened.is_set()  # the first windows wait for every lane
+    b.kill()
+    a.join(timeout=5)
+    assert opened.is_set() and gate.measuring == 0 and not gate.between
+
+
+def test_budget_calls_on_wait_only_when_it_must_wait():
+    budget = StreamBudget(4)
+    waited: list[int] = []
+    assert budget.acquire(3, on_wait=lambda: waited.append(3)) == 3 and waited == []
+    g = gevent.spawn(budget.acquire, 2, lambda: waited.append(2))
+    gevent.sleep(0)
+    assert waited == [2]
+    budget.release(3)
+    assert g.get(timeout=5) == 2
 
 
 def _emulator_plan(tmp: Path, concurrency: list[int], duration_s: float) -> Path:
