@@ -292,6 +292,23 @@ class VariantSpec(_Strict):
         return v
 
 
+class CpuSplit(_Strict):
+    """Which CPUs the engine spins on and which answer the requests (deploy/cpu_split.py says why)."""
+
+    engine: list[int] = Field(min_length=1, description="the CPU engine's worker and engine-core processes")
+    frontend: list[int] = Field(min_length=1, description="the API server, ridgeline's client and the cross-check")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "CpuSplit":
+        bad = [c for c in self.engine + self.frontend if c < 0]
+        if bad:
+            raise ValueError(f"CPU numbers must be 0 or more, got {bad}")
+        both = sorted(set(self.engine) & set(self.frontend))
+        if both:
+            raise ValueError(f"CPU(s) {both} are in both engine and frontend: the split must not overlap")
+        return self
+
+
 class ServerSpec(_Strict):
     """How real vLLM servers are started (backend: vllm)."""
 
@@ -312,6 +329,8 @@ class ServerSpec(_Strict):
     # vLLM's prefix cache: on (its default), off (--no-enable-prefix-caching), or reset before every step
     # and cross-check level (POST /reset_prefix_cache, development mode) for a strict A/B
     prefix_cache: Literal["on", "off", "reset"] = "on"
+    # a CPU engine's cores apart from the API server's and the client's (None: wherever the kernel puts them)
+    cpus: Optional[CpuSplit] = None
 
 
 class ScrapeSpec(_Strict):
@@ -371,6 +390,9 @@ class CrossCheckSpec(_Strict):
     num_prompts: Optional[Union[int, list[int]]] = Field(
         default=None, description="requests per level: one for all, or one per level (default: max(12, 4c))")
     timeout_s: float = Field(default=900.0, gt=0, description="for all levels of one variant together")
+    interleave: bool = Field(default=False, description="run each level right after ridgeline's step at that "
+                                                        "concurrency (the two read the server seconds apart, "
+                                                        "not minutes: a host whose speed drifts still compares)")
 
     @field_validator("concurrency")
     @classmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -288,6 +289,21 @@ def _arg_value(args: list[str], flag: str) -> Optional[str]:
 
 # --- the plan --------------------------------------------------------------------------------------
 
+def check_cpu_split(engine: list[int], frontend: list[int], allowed: Optional[set[int]] = None) -> list[Finding]:
+    """server.cpus must name CPUs this process may run on (its affinity mask), and taskset must exist."""
+    allowed = allowed if allowed is not None else os.sched_getaffinity(0)
+    out = []
+    for key, cpus in (("engine", engine), ("frontend", frontend)):
+        missing = sorted(set(cpus) - allowed)
+        if missing:
+            out.append(Finding(ERROR, None, f"server.cpus.{key}: CPU(s) {missing} are not among the CPUs this "
+                                            f"host lets ridgeline use ({sorted(allowed)})"))
+    if shutil.which("taskset") is None:
+        out.append(Finding(ERROR, None, "server.cpus: the API server is started under `taskset` (util-linux), "
+                                        "which is not on PATH"))
+    return out
+
+
 def check_plan(plan: Plan, host: Optional[HostGpus] = None,
                cache_dirs: Optional[list[Union[str, Path]]] = None) -> list[Finding]:
     """Every finding for the plan's variants, errors first within each variant."""
@@ -323,6 +339,8 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
                                                  f"use api_key_env or api_key_file"))
         elif s in RIDGELINE_FLAGS and backend(plan.backend).launches_vllm:
             findings.append(Finding(ERROR, None, f"server.extra_args: {s} is set by ridgeline for each variant"))
+    if backend(plan.backend).launches_vllm and plan.server.cpus is not None:
+        findings += check_cpu_split(plan.server.cpus.engine, plan.server.cpus.frontend)
     util = float(_arg_value(list(plan.server.extra_args), "--gpu-memory-utilization") or 0.9)
     for v in variants:
         mine: list[Finding] = []

@@ -21,10 +21,11 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from core.errors import RidgelineError
 from core.net import free_port  # noqa: F401 - launcher.free_port is what callers use
+from deploy.cpu_split import pin_engine
 
 
 class LaunchError(RidgelineError, RuntimeError):
@@ -44,7 +45,8 @@ class ServerCommand:
     startup_timeout_s: float = 900.0
     cwd: Optional[str] = None
     base_url: Optional[str] = None  # an external server's own URL (scheme, path prefix); else http://host:port
-    notes: dict[str, str] = field(default_factory=dict)  # what the manifest should say about how it was built
+    notes: dict[str, Any] = field(default_factory=dict)  # what the manifest should say about how it was built
+    engine_cpus: Optional[tuple[int, ...]] = None  # once healthy, the group's other processes move here (cpu_split)
 
     @property
     def url(self) -> str:
@@ -62,6 +64,7 @@ class Server:
     process: subprocess.Popen
     log_path: Path
     started: float
+    pinned: dict[str, str] = field(default_factory=dict)  # pid -> name of processes moved to the engine CPUs
 
     @property
     def pid(self) -> int:
@@ -185,6 +188,8 @@ def wait_ready(server: Server, poll_s: float = 0.25) -> float:
             code = server.process.returncode
             raise LaunchError(f"variant {cmd.variant}: server exited with status {code} while starting{_why(server)}")
         if _healthy(url):
+            if cmd.engine_cpus:
+                server.pinned = pin_engine(server.pid, group_members(server.pid), cmd.engine_cpus)
             return time.time() - server.started
         if time.time() > deadline:
             raise LaunchError(

@@ -25,7 +25,7 @@ from core.parallel import ParallelSizeError, tensor_parallel_size
 from core.plan import Plan
 from core.secrets import read_api_key
 from deploy.emulator.__main__ import parser
-from deploy import prefix_cache
+from deploy import cpu_split, prefix_cache
 from deploy.launcher import ServerCommand, free_port
 from deploy.vllm_command import API_KEY_ENV, flag_name, served_name, vllm_argv
 from deploy.vllm_flags import mfu_args
@@ -76,14 +76,23 @@ def _vllm_commands(plan: Plan, variants: list[Variant], ports: dict[str, int], a
         if gpus.get(v.name) is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus[v.name]
         env.update(prefix_cache.server_env(plan.server.prefix_cache))
+        split = plan.server.cpus
+        if split is not None:
+            env.update(cpu_split.engine_env(split.engine))
         env.update(plan.server.env)
         env.update(dict(v.env))
         if key:
             env[API_KEY_ENV] = key
         argv = vllm_argv(plan, v, host, port) + prefix_cache.server_args(plan.server.prefix_cache)
         mfu, note = mfu_args(list(plan.server.program), plan.server.mfu_metrics, argv, env)
-        out.append(ServerCommand(v.name, argv + mfu, env=env, host=host, port=port,
-                                 startup_timeout_s=plan.server.startup_timeout_s, notes={"mfu_metrics": note}))
+        notes: dict[str, Any] = {"mfu_metrics": note}
+        prefix: list[str] = []
+        if split is not None:
+            prefix = cpu_split.frontend_prefix(split.frontend)
+            notes["cpus"] = {"engine": list(split.engine), "frontend": list(split.frontend)}
+        out.append(ServerCommand(v.name, prefix + argv + mfu, env=env, host=host, port=port,
+                                 startup_timeout_s=plan.server.startup_timeout_s, notes=notes,
+                                 engine_cpus=tuple(split.engine) if split is not None else None))
     return out
 
 

@@ -150,13 +150,16 @@ def bench_args(plan: Plan, url: str, model: str, out_dir: Path, salt: str = "") 
 
 
 def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
-                   api_key: Optional[str] = None) -> dict[str, Any]:
-    """Every level against the live server; the manifest entry. Never raises for a failed level."""
+                   api_key: Optional[str] = None, only: Optional[set[int]] = None) -> dict[str, Any]:
+    """Every level (or those at the concurrencies in `only`) against the live server; the manifest entry.
+    Never raises for a failed level."""
     cc: CrossCheckSpec = plan.crosscheck  # type: ignore[assignment]
     out_dir = safe_child(run.path, "crosscheck", variant)
     out_dir.mkdir(parents=True, exist_ok=True)
     entry: dict[str, Any] = {"started": time.time(), "ended": None, "argv": None, "levels": []}
     spec = bench_args(plan, url, model, out_dir, salt=f"{run.path.name}/{variant}")
+    if only is not None:
+        spec["levels"] = [lv for lv in spec["levels"] if lv["concurrency"] in only]
     argv = [interpreter(plan), "-c", SCRIPT, json.dumps(spec)]
     entry["argv"] = [argv[0], "-c", "<crosscheck script>", *spec["common"]]
     env = dict(os.environ)
@@ -186,6 +189,18 @@ def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
     if error:
         entry["error"] = redact(error, secrets)
     return entry
+
+
+def merge_entries(old: Optional[dict[str, Any]], new: dict[str, Any]) -> dict[str, Any]:
+    """One variant's entry from the entries of its levels run apart (crosscheck.interleave)."""
+    if old is None:
+        return new
+    out = dict(old)
+    out["levels"] = list(old["levels"]) + list(new["levels"])
+    out["ended"] = new["ended"]
+    if new.get("error"):
+        out["error"] = new["error"]
+    return out
 
 
 def _run(argv: list[str], env: dict[str, str], log_path: Path,

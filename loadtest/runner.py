@@ -7,6 +7,7 @@ incomplete rather than dropped. Servers are stopped on every exit path.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import signal
 import time
@@ -25,7 +26,7 @@ from core.plan import Plan
 from core.records import MEASURE, STEP_COMPLETE, STEP_FAILED, STEP_INCOMPLETE, RequestRecord, StepInfo
 from core.results import ResultsError, RunDir, atomic_write_text, safe_child
 from core.secrets import read_api_key, redact_obj, scrub_file
-from deploy import launcher, verify
+from deploy import cpu_split, launcher, verify
 from deploy.servers import server_commands
 from deploy.start_retry import StartFailed, start_with_retries
 from loadtest import crosscheck
@@ -180,6 +181,8 @@ class Sweep:
             self.manifest["warnings"].append(
                 f"variant {cmd.variant}: server started on try {len(failures) + 1} after {len(failures)} failed "
                 f"start(s); their logs: {', '.join(f['log'] for f in failures)}")
+        if server.pinned:
+            entry["engine_processes_pinned"] = dict(server.pinned)
         self._servers[cmd.variant] = server
         return server
 
@@ -245,7 +248,12 @@ class Sweep:
         self.manifest["scenario"] = build_workload(self.plan.scenario, "x").describe()
         self._save_manifest()
         status = "complete"
+        split = self.plan.server.cpus  # the client's side of the split holds for a server started elsewhere too
+        client_cpus = contextlib.ExitStack()
         try:
+            pinned = client_cpus.enter_context(cpu_split.client_on(split.frontend if split else None))
+            if pinned is not None:
+                self.manifest["client_cpus"] = pinned
             cmds = self.commands()
             for cmd in cmds:
                 self.manifest["servers"].setdefault(cmd.variant, self._server_entry(cmd))
@@ -284,6 +292,7 @@ class Sweep:
             if self.exporter is not None:
                 self.exporter.stop()
             self.telemetry.close()
+            client_cpus.close()
             for s, h in old.items():
                 signal.signal(s, h)
             self._shield(False)
@@ -429,8 +438,9 @@ class Sweep:
             self._all_started.wait()
             if levels:
                 all_ok = self._run_levels(cmd, server, levels)
+                server = self._servers.get(cmd.variant, server)
                 if all_ok and crosscheck.applies(self.plan, cmd.variant) and (server is None or server.alive()):
-                    self._crosscheck(cmd)
+                    self._crosscheck(cmd, only=self._crosscheck_left(cmd.variant))
             if self._wants_quality(cmd.variant):  # while the server is up: never started twice for it
                 server = self._servers.get(cmd.variant)
                 dead = bool(cmd.argv) and (server is None or not server.alive())
@@ -454,6 +464,8 @@ class Sweep:
             for lv in levels:
                 ok = self._run_step(cmd, driver, lv)
                 all_ok = all_ok and ok
+                if ok and self._interleaved_here(cmd.variant, lv):
+                    self._crosscheck(cmd, only={lv.concurrency})
                 if not ok:
                     if self.plan.server.on_failure == "restart" and server is not None:
                         driver.close()
@@ -502,14 +514,34 @@ class Sweep:
         if self._interrupted is not None:
             raise RunInterrupted(self._interrupted)
 
-    def _crosscheck(self, cmd: launcher.ServerCommand) -> None:
+    def _interleaved_here(self, variant: str, lv: StepLevel) -> bool:
+        """crosscheck.interleave: the bench's level at this step's concurrency runs right after it (once)."""
+        cc = self.plan.crosscheck
+        if cc is None or not cc.interleave or not crosscheck.applies(self.plan, variant) or lv.rate is not None:
+            return False
+        left = self._crosscheck_left(variant)
+        return lv.concurrency in (set(cc.concurrency) if left is None else left)
+
+    def _crosscheck_left(self, variant: str) -> Optional[set[int]]:
+        """Levels of the cross-check not yet run for the variant (None: all of them, none ran)."""
+        cc = self.plan.crosscheck
+        done = self.manifest.get("crosscheck", {}).get(variant)
+        if cc is None or not cc.interleave or done is None:
+            return None
+        return set(cc.concurrency) - {lv["concurrency"] for lv in done["levels"]}
+
+    def _crosscheck(self, cmd: launcher.ServerCommand, only: Optional[set[int]] = None) -> None:
         """vllm bench serve against the same live server; its failure is recorded, never fatal."""
+        if only is not None and not only:
+            return
         p = self._progress_here()
         p.phase, p.message = "cross-check", f"vllm bench serve against {cmd.variant}"
         self.on_progress(p)
         entry = crosscheck.run_crosscheck(self.plan, self.run, cmd.variant, cmd.url,
-                                          self.plan.served_model_name or cmd.variant, self.key)
-        self.manifest.setdefault("crosscheck", {})[cmd.variant] = entry
+                                          self.plan.served_model_name or cmd.variant, self.key, only=only)
+        entries = self.manifest.setdefault("crosscheck", {})
+        entries[cmd.variant] = crosscheck.merge_entries(entries.get(cmd.variant) if only is not None else None,
+                                                        entry)
         failed = [lv for lv in entry["levels"] if lv["status"] != "ok"]
         if entry.get("error") or failed:
             why = entry.get("error") or next((lv["error"] for lv in failed if lv.get("error")), None) or "see its log"

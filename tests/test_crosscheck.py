@@ -100,3 +100,25 @@ def test_vllm_bench_serve_measures_the_same_server(tmp_path):
     bench = {v: json.loads((run.path / f"crosscheck/{v}/c1.json").read_text())["output_throughput"]
              for v in ("fp16", "awq")}
     assert bench["awq"] > 1.2 * bench["fp16"], bench
+
+
+def test_interleaved_levels_run_right_after_the_step_at_their_concurrency(tmp_path):
+    """crosscheck.interleave: one bench run per level, each between ridgeline's steps (here a Python without
+    vllm stands in for the bench, so every level fails at once; what is checked is when each one ran)."""
+    import sys
+
+    plan = _plan(tmp_path, sys.executable)
+    plan.crosscheck.interleave = True
+    run = new_run_dir(plan)
+    Sweep(plan, run).execute()
+    man = run.read_manifest()
+    assert man["status"] == "complete"
+    entry = man["crosscheck"]["fp16"]
+    assert [lv["concurrency"] for lv in entry["levels"]] == [1, 8]
+    steps = {s["concurrency"]: s for s in man["steps"] if s["variant"] == "fp16"}
+    log = (run.path / entry["log"]).read_text()
+    assert log.count("During handling of the above exception") == 2, log  # started once per level, not for all
+    # the first level ran between the two steps, the second after the last one
+    assert steps[1]["ended"] <= entry["started"] <= steps[8]["started"] <= steps[8]["ended"] <= entry["ended"]
+    said = [w for w in man["warnings"] if "cross-check incomplete" in w]
+    assert [("(levels 1)" in w, "(levels 8)" in w) for w in said] == [(True, False), (False, True)]

@@ -4,21 +4,34 @@ One bf16 server of the tiny model, started by the sweep with --enable-mfu-metric
 vLLM lists it); ridgeline's steps and then the bench at the same concurrencies, each level with
 prompts new to the server. The report must show prefix-cache hit rates under 1% for every step
 and every bench level, output throughput within 5% of the bench at every level, the server's own
-FLOP and byte counters filled, and the roofline gap of each step explained from them. The
-throughput agreement is judged only on a host that is not busier than its CPUs (load average):
-the two clients run one after the other, and on a shared host other jobs move the server's speed
-between them. The levels are kept small and the windows long enough to be stable, and every step
-warms the server for 3 s first, as the bench finds it warm after the sweep (without it
-the first requests to a fresh CPU engine take over a second and the first level reads 28% low).
-Scrapes back off to keep /metrics under 2% of the server's time: rendering it takes about 0.1 s on
-this host, and scraping every 0.5 s took 30% of the engine's throughput at concurrency 1 (257 and
-287 tok/s against 384 and 404 with 30 s between scrapes, alternated on one server).
+FLOP and byte counters filled, and the roofline gap of each step explained from them.
+
+What it took to agree (each measured here, on a 2-core host):
+- The host split (server.cpus, deploy/cpu_split.py): the engine on one CPU, the API server and both
+  clients on the other. Without it the engine's spinning processes decided, by where the kernel put
+  them, whether the server streamed or held each answer to its end, and the two clients read +34%,
+  -49% and +54% apart at 1, 4 and 16.
+- Scrapes every 10 s, not every second: scraping /metrics once a second slowed this server by 22% at
+  concurrency 4 and 17% at 16 (ridgeline read 1,492 tok/s against the bench's 1,909 with scrapes,
+  within 5% at 30 s), though each scrape answered in under 10 ms; the start and end scrapes of each
+  step still give its counters.
+- Enough prompts that the bench's ramp and tail weigh little (it counts its whole run, ridgeline its
+  window): 64, 192 and 768.
+- A warm server: every step warms it for 3 s first, as the bench finds it warm after the sweep.
+- Each bench level right after ridgeline's step at that concurrency (crosscheck.interleave): the host's
+  speed drifted 10-30% between runs minutes apart, and the two clients read it seconds apart this way.
+The agreement is judged only when other processes took under a quarter of a CPU during the run:
+the two clients measure one after the other, and another job on the host between them moves the
+server's speed by more than the limit.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
+import psutil
 import pytest
 
 from analysis import analyze, render_reports
@@ -29,7 +42,52 @@ from tests.support.vllm_plan import tiny_vllm_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 LEVELS = [1, 4, 16]
-PROMPTS = [48, 96, 192]
+PROMPTS = [64, 192, 768]  # the bench counts its ramp and tail: enough prompts that they weigh under 2%
+OTHERS_LIMIT = 0.25  # CPUs' worth of time other processes may take during the run for the agreement to be judged
+
+
+class OthersCpu:
+    """CPU time other processes take while the test runs: the host's busy time less that of this process
+    and everything under it (the servers' engines, the bench), sampled twice a second so that processes
+    which end before the test does are counted up to their last sample."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, float], tuple[float, float]] = {}  # (pid, created) -> (first, last) CPU s
+        self.busy0, self.t0 = self._busy(), time.monotonic()
+        self._stop = threading.Event()
+        self._sample(at_start=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+    def _sample(self, at_start: bool = False) -> None:
+        me = psutil.Process()
+        for p in [me] + me.children(recursive=True):
+            try:
+                c = p.cpu_times()
+                key = (p.pid, p.create_time())
+            except psutil.Error:
+                continue
+            used = c.user + c.system
+            # counted from where it stood at the start; a process first seen later started meanwhile: from zero
+            first = self.seen[key][0] if key in self.seen else (used if at_start else 0.0)
+            self.seen[key] = (first, used)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def stop(self) -> float:
+        """Mean CPUs' worth of time other processes took."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        ours = sum(last - first for first, last in self.seen.values())
+        return max(0.0, self._busy() - self.busy0 - ours) / (time.monotonic() - self.t0)
 
 
 def test_crosscheck_against_the_cpu_engine_is_clean_and_agrees(tmp_path):
@@ -40,16 +98,16 @@ def test_crosscheck_against_the_cpu_engine_is_clean_and_agrees(tmp_path):
         tmp_path, ["bf16"], python=python, served_model_name="tiny",
         scenario={"prompt_tokens": 64, "output_tokens": 64, "tokenizer": str(tmp_path / "models" / "plain")},
         sweep={"concurrency": LEVELS, "warmup_s": 3, "duration_s": None, "requests": PROMPTS, "drain_s": 120},
-        crosscheck={"concurrency": LEVELS, "num_prompts": PROMPTS, "timeout_s": 900},
-        scrape={"interval_s": 0.5, "max_server_share": 0.02})
+        crosscheck={"concurrency": LEVELS, "num_prompts": PROMPTS, "timeout_s": 900, "interleave": True},
+        scrape={"interval_s": 10})
     run = new_run_dir(plan)
     sweep = Sweep(plan, run)
-    load = [os.getloadavg()[0]]
+    watch = OthersCpu()
     try:
         sweep.execute()
     finally:
         sweep.stop_all()
-    load.append(os.getloadavg()[0])
+        others = watch.stop()
     man = run.read_manifest()
     assert man["servers"]["bf16"]["mfu_metrics"].startswith("on:")
     assert "--enable-mfu-metrics" in man["servers"]["bf16"]["argv"]
@@ -72,14 +130,16 @@ def test_crosscheck_against_the_cpu_engine_is_clean_and_agrees(tmp_path):
     md = (run.path / "report.md").read_text()
     assert "bench prefix hit" in md and "each step's gap to its bound" in md
     diffs = {r["concurrency"]: round(r["output_tokens_diff_pct"], 1) for r in rows}
-    print("ridgeline against the bench, % by concurrency:", diffs, "load average", load, run.path)
-    if max(load) > (os.cpu_count() or 1):
+    print("ridgeline against the bench, % by concurrency:", diffs, f"other processes {others:.2f} CPUs", run.path)
+    if others > OTHERS_LIMIT:
         # the two clients measure one after the other; other jobs on the host then change the server's speed
-        # between them by more than the limit (seen here: +93% and -50% at 16 in two runs, minutes apart)
-        pytest.skip(f"host busy (load average {max(load):.1f} on {os.cpu_count()} CPUs): the throughput "
+        # between them by more than the limit
+        pytest.skip(f"host busy (other processes took {others:.2f} CPUs during the run): the throughput "
                     f"agreement is not judged; differences were {diffs}")
     off = {c: d for c, d in diffs.items() if abs(d) > 5.0}
     if off:
-        # not yet met on the CPU engine: seen from +1.8% to +249% at 16 on a quiet-enough host, cause unknown;
-        # reported as an expected failure with the figures rather than hidden, until the cause is found
+        # with the split, the scrapes spaced and the levels interleaved, five runs on this 2-core host read
+        # from -7.8% to +6.7% (one within 5% at every level: +0.1, -2.1, +3.6): the same server read twice
+        # seconds apart moves that much on a host whose CPUs are shared with other machines. Reported with the
+        # figures as an expected failure rather than hidden; a host of its own is what judges the 5%.
         pytest.xfail(f"ridgeline and vllm bench serve differ by more than 5% at {off} (all levels: {diffs})")

@@ -31,6 +31,7 @@ from core.hardware.catalog import catalog_model
 from core.parallel import ParallelSizeError, gpus_per_replica
 from core.plan import PlanError, load_plan
 from core.secrets import is_secret_name, read_api_key
+from deploy import cpu_split
 from deploy.launcher import ServerCommand
 from deploy.servers import server_commands
 
@@ -180,6 +181,9 @@ def _server_env(plan: Any, cmd: ServerCommand, secrets: list[str]) -> list[dict[
     for name, value in sorted(cmd.env.items()):
         if name in ("CUDA_VISIBLE_DEVICES", VLLM_KEY_ENV):  # the device plugin picks GPUs; the key comes below
             continue
+        if name == cpu_split.BIND_ENV and plan.server.cpus is not None and name not in plan.server.env:
+            continue  # the host's CPU split (server.cpus) means nothing inside a pod
+
         if is_secret_name(name) or any(s and s in value for s in secrets):
             env[name] = {"name": name, "valueFrom": {"secretKeyRef": {"name": SERVER_ENV_SECRET, "key": name}}}
         else:
@@ -215,9 +219,10 @@ def _pod_extras(plan: Any) -> dict[str, Any]:
 def server_deployment(plan: Any, cmd: ServerCommand, secrets: list[str]) -> dict[str, Any]:
     k = plan.kubernetes
     labels = _labels(plan, "server", cmd.variant)
-    gpus = gpus_per_replica(cmd.argv)
+    argv = cpu_split.without_prefix(cmd.argv)  # the host's CPU split (server.cpus) means nothing inside a pod
+    gpus = gpus_per_replica(argv)
     image = k.vllm_image or f"vllm/vllm-openai:v{k.vllm_version}"
-    args = _pod_args(engine_args(cmd.argv), secrets) + ["--host", "0.0.0.0", "--port", str(k.port)]
+    args = _pod_args(engine_args(argv), secrets) + ["--host", "0.0.0.0", "--port", str(k.port)]
     resources: dict[str, dict[str, Any]] = {kind: dict(v) for kind, v in k.resources.items()}
     resources.setdefault("limits", {})[k.gpu_resource] = gpus
     resources.setdefault("requests", {})[k.gpu_resource] = gpus
@@ -229,7 +234,7 @@ def server_deployment(plan: Any, cmd: ServerCommand, secrets: list[str]) -> dict
         "name": "vllm",
         "image": image,
         "imagePullPolicy": k.image_pull_policy,
-        "command": container_command(cmd.argv),
+        "command": container_command(argv),
         "args": args,
         "env": _server_env(plan, cmd, secrets),
         "ports": [{"name": "http", "containerPort": k.port, "protocol": "TCP"}],

@@ -32,6 +32,13 @@ ENGINE_ARGS = ["--max-model-len", "1024"]
 STARTUP_TIMEOUT_S = 420.0  # about a minute on two idle cores; far more when the machine is busy
 
 
+def cpu_split() -> Optional[dict[str, list[int]]]:
+    """The engine on all CPUs but the last, the API server and the clients on the last (deploy/cpu_split.py):
+    without it the CPU engine's spinning processes make the server's speed a coin toss on a small host."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {"engine": cpus[:-1], "frontend": cpus[-1:]} if len(cpus) >= 2 else None
+
+
 def tiny_models(root: Union[str, Path]) -> dict[Optional[str], Path]:
     """The plain, AWQ and GPTQ tiny checkpoints under root (made once)."""
     root = Path(root)
@@ -57,7 +64,8 @@ def tiny_vllm_plan(root: Union[str, Path], variants: Iterable[str] = tuple(VARIA
         "name": "tiny-vllm", "backend": "vllm", "model": str(models[None]), "served_model_name": "tiny",
         "gpu": "h100-sxm", "variants": specs,
         "server": {"program": [python, "-m", "vllm.entrypoints.openai.api_server"], "load_format": "dummy",
-                   "extra_args": list(ENGINE_ARGS), "env": dict(ENGINE_ENV), "startup_timeout_s": STARTUP_TIMEOUT_S},
+                   "extra_args": list(ENGINE_ARGS), "env": dict(ENGINE_ENV), "startup_timeout_s": STARTUP_TIMEOUT_S,
+                   "cpus": cpu_split()},
         "output_dir": str(output_dir or Path(root) / "results"),
     }
     for k, v in plan_keys.items():
