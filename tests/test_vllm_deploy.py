@@ -7,12 +7,13 @@ stop the API server and every engine process of its group by the recorded pid. A
 from __future__ import annotations
 
 import json
+import os
 
 import psutil
 import pytest
 from typer.testing import CliRunner
 
-from deploy import launcher, verify
+from deploy import cpu_split, launcher, verify
 from deploy.state import state_path
 from loadtest.cli_deploy import deploy_app
 from tests.support.vllm_env import SKIP_REASON, vllm_python
@@ -39,7 +40,12 @@ def test_deploy_up_status_down_real_vllm(tmp_path):
         pid = entry["pid"]
         group = launcher.group_members(pid)
         assert len(group) >= 3, group  # API server, engine core, worker (and a resource tracker)
-        assert entry["argv"][:3] == [vllm_python(), "-m", "vllm.entrypoints.openai.api_server"]
+        split = plan.server.cpus
+        if split is not None:  # the API server on the frontend CPUs, the engine's processes on the others
+            assert entry["argv"][:3] == ["taskset", "-c", ",".join(map(str, split.frontend))]
+            assert os.sched_getaffinity(pid) == set(split.frontend)
+            assert all(os.sched_getaffinity(p) == set(split.engine) for p in group if p != pid)
+        assert cpu_split.without_prefix(entry["argv"])[:3] == [vllm_python(), "-m", "vllm.entrypoints.openai.api_server"]
         res = runner.invoke(deploy_app, ["status", "--out", out_dir, "--json"])
         assert res.exit_code == 0, res.output
         [row] = json.loads(res.output)
