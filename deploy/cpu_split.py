@@ -61,7 +61,7 @@ def set_process_affinity(pid: int, cpus: set[int]) -> bool:
         try:
             os.sched_setaffinity(tid, cpus)
             moved = True
-        except (ProcessLookupError, PermissionError, OSError):
+        except OSError:  # the thread ended, or the process is not ours to move
             continue
     return moved
 

@@ -440,7 +440,8 @@ class Sweep:
                 all_ok = self._run_levels(cmd, server, levels)
                 server = self._servers.get(cmd.variant, server)
                 if all_ok and crosscheck.applies(self.plan, cmd.variant) and (server is None or server.alive()):
-                    self._crosscheck(cmd, only=self._crosscheck_left(cmd.variant))
+                    only = self._crosscheck_pending(cmd.variant) if self.plan.crosscheck.interleave else None
+                    self._crosscheck(cmd, only=only)
             if self._wants_quality(cmd.variant):  # while the server is up: never started twice for it
                 server = self._servers.get(cmd.variant)
                 dead = bool(cmd.argv) and (server is None or not server.alive())
@@ -517,18 +518,14 @@ class Sweep:
     def _interleaved_here(self, variant: str, lv: StepLevel) -> bool:
         """crosscheck.interleave: the bench's level at this step's concurrency runs right after it (once)."""
         cc = self.plan.crosscheck
-        if cc is None or not cc.interleave or not crosscheck.applies(self.plan, variant) or lv.rate is not None:
-            return False
-        left = self._crosscheck_left(variant)
-        return lv.concurrency in (set(cc.concurrency) if left is None else left)
+        return (cc is not None and cc.interleave and crosscheck.applies(self.plan, variant) and lv.rate is None
+                and lv.concurrency in self._crosscheck_pending(variant))
 
-    def _crosscheck_left(self, variant: str) -> Optional[set[int]]:
-        """Levels of the cross-check not yet run for the variant (None: all of them, none ran)."""
-        cc = self.plan.crosscheck
+    def _crosscheck_pending(self, variant: str) -> set[int]:
+        """Concurrencies of the cross-check whose level has not run yet for the variant."""
         done = self.manifest.get("crosscheck", {}).get(variant)
-        if cc is None or not cc.interleave or done is None:
-            return None
-        return set(cc.concurrency) - {lv["concurrency"] for lv in done["levels"]}
+        ran = {lv["concurrency"] for lv in done["levels"]} if done else set()
+        return set(self.plan.crosscheck.concurrency) - ran  # type: ignore[union-attr]
 
     def _crosscheck(self, cmd: launcher.ServerCommand, only: Optional[set[int]] = None) -> None:
         """vllm bench serve against the same live server; its failure is recorded, never fatal."""

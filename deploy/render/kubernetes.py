@@ -183,7 +183,6 @@ def _server_env(plan: Any, cmd: ServerCommand, secrets: list[str]) -> list[dict[
             continue
         if name == cpu_split.BIND_ENV and plan.server.cpus is not None and name not in plan.server.env:
             continue  # the host's CPU split (server.cpus) means nothing inside a pod
-
         if is_secret_name(name) or any(s and s in value for s in secrets):
             env[name] = {"name": name, "valueFrom": {"secretKeyRef": {"name": SERVER_ENV_SECRET, "key": name}}}
         else:
