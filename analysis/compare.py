@@ -2,9 +2,9 @@
 
 Steps are matched by variant name and load level (repeats pooled). A difference is significant when
 chance alone is an unlikely explanation:
-- throughput metrics (output and goodput tokens/s): the same block bootstrap as the speedup
-  interval (analysis.block_bootstrap), run B's draws over run A's; significant when the 95%
-  interval of the ratio excludes 1;
+- throughput metrics (output and goodput tokens/s): the same draws as the speedup interval
+  (analysis.repeat_draws: the block bootstrap, or the spread between repeats from three on), run
+  B's draws over run A's; significant when the 95% interval of the ratio excludes 1;
 - latency metrics (TTFT, ITL, TPOT, end-to-end, any percentile): Welch's t-test on the per-request
   values of the two steps (mean inter-token gap per request for ITL), significant at p < 0.05. The
   test is on the per-request means; the difference shown is in the chosen statistic.
@@ -27,7 +27,8 @@ import numpy as np
 
 from analysis.data import AnalysisError
 from analysis.pipeline import Analysis, compute
-from analysis.block_bootstrap import RESAMPLES, rate_draws
+from analysis.block_bootstrap import rate_draws
+from analysis.repeat_draws import level_draws
 from analysis.quality.compare import DEFAULT_THRESHOLD, GateFailure, QualityDiff, gate_failures, quality_diffs
 from analysis.speedup import interval, seed_for
 from core.results import ResultsError, RunDir
@@ -109,10 +110,11 @@ def _level_steps(a: Analysis, variant: str, level: float) -> list[int]:
     return [int(s) for s in st.step]
 
 
-def _draws(a: Analysis, variant: str, level: float, attr: str, run: str) -> np.ndarray:
-    """Bootstrap draws of a level's throughput; `run` ("A" or "B") in the seed resamples the two runs
+def _draws(a: Analysis, variant: str, level: float, metric: str, run: str) -> np.ndarray:
+    """Draws of a level's throughput (analysis.repeat_draws); `run` ("A" or "B") in the seed resamples the two runs
     independently (the same seed would pair their draws and hide both runs' noise)."""
-    ds = []
+    attr = SLICE_METRICS[metric]
+    ds, values = [], []
     for s in _level_steps(a, variant, level):
         req = a.requests.get((variant, s))
         row = a.steps[(a.steps.variant == variant) & (a.steps.step == s)].iloc[0]
@@ -120,7 +122,8 @@ def _draws(a: Analysis, variant: str, level: float, attr: str, run: str) -> np.n
             continue
         rng = np.random.default_rng(seed_for("compare", run, variant, s, attr))
         ds.append(rate_draws(getattr(req, attr), row.window_s, req.e2e_s, rng, req.lead_s))
-    return np.mean(ds, axis=0) if ds else np.full(RESAMPLES, np.nan)
+        values.append(float(row[metric]))
+    return level_draws(values, ds, np.random.default_rng(seed_for("compare", run, variant, level, attr)))
 
 
 def _values(a: Analysis, variant: str, level: float, attr: str) -> np.ndarray:
@@ -182,8 +185,7 @@ def compare(run_a: Union[str, Path, RunDir], run_b: Union[str, Path, RunDir], me
         test = "none"
         significant: Optional[bool] = None
         if metric in SLICE_METRICS:
-            attr = SLICE_METRICS[metric]
-            da, db = _draws(A, v, level, attr, "A"), _draws(B, v, level, attr, "B")
+            da, db = _draws(A, v, level, metric, "A"), _draws(B, v, level, metric, "B")
             with np.errstate(divide="ignore", invalid="ignore"):
                 r_lo, r_hi = interval(db / da)
             if np.isfinite(r_lo) and np.isfinite(r_hi):

@@ -3,8 +3,8 @@
 Each step's throughput comes with bootstrap draws from analysis.block_bootstrap (circular blocks of
 time slices, each block at least one request's lifetime long; its docstring and docs/analysis.md
 say why, and what its measured coverage is). Variant and baseline are resampled independently; the
-interval of the speedup is the 2.5th to 97.5th percentile of the ratio of their draws. With
-repeats, a level's draw is the mean of its repeats' draws.
+interval of the speedup is the 2.5th to 97.5th percentile of the ratio of their draws. A level with
+repeats takes its draws from analysis.repeat_draws (the spread between repeats from three on).
 
 A crossover is the lowest load where the speedup falls below a threshold, interpolated linearly
 in log2(load) between the last step above and the first below; its interval comes from the same
@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.block_bootstrap import RESAMPLES
+from analysis.repeat_draws import level_draws as repeat_level_draws
 
 CONFIDENCE = 0.95
 KNEE_GAIN = 0.10  # throughput growth per doubling of load below which the curve has flattened
@@ -117,10 +117,11 @@ def knee(levels: Sequence[float], throughput: Sequence[float], gain: float = KNE
 
 def level_table(steps: pd.DataFrame, draws: dict[tuple[str, int], np.ndarray]
                 ) -> tuple[pd.DataFrame, dict[tuple[str, float], np.ndarray]]:
-    """One row per (variant, level): repeats averaged, with the bootstrap interval of throughput.
+    """One row per (variant, level): repeats averaged, with the interval of throughput.
 
     Only complete steps count; a failed or interrupted step stays in the step table but not in the
-    curves. Also returns each level's bootstrap draws.
+    curves. Also returns each level's draws (analysis.repeat_draws: the steps' block-bootstrap draws,
+    or the spread between repeats where there are enough).
     """
     ok = steps[steps["status"].isin(["complete", "unlisted"]) & steps["level"].notna()]
     numeric = [c for c in ok.columns if pd.api.types.is_numeric_dtype(ok[c]) and c not in ("step", "repeat", "level")]
@@ -130,7 +131,8 @@ def level_table(steps: pd.DataFrame, draws: dict[tuple[str, int], np.ndarray]
         row = {"variant": variant, "level": float(level), "repeats": len(g)}
         row.update(g[numeric].mean(numeric_only=True).to_dict())
         ds = [draws[(variant, int(s))] for s in g["step"] if (variant, int(s)) in draws]
-        d = np.mean(ds, axis=0) if ds else np.full(RESAMPLES, np.nan)
+        d = repeat_level_draws(g["output_tokens_per_s"].tolist(), ds,
+                               np.random.default_rng(seed_for("level", variant, float(level))))
         level_draws[(variant, float(level))] = d
         row["output_tokens_per_s_lo"], row["output_tokens_per_s_hi"] = interval(d)
         rows.append(row)

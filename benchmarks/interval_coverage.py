@@ -5,11 +5,15 @@ and AWQ at a few concurrencies, analysed with the landed code. For every (varian
 speedup, the benchmark asks of each run: does its 95% interval hold the mean of the *other* runs?
 and compares the interval's width with the spread the runs actually show (2 x 1.96 x their standard
 deviation). A calibrated interval holds the others' mean about 95% of the time (a little more,
-since that mean is itself noisy) with a width ratio near 1; the time-slice bootstrap it replaced
-(slices resampled one by one) is printed beside it for comparison.
+since that mean is itself noisy) with a width ratio near 1. Beside it ("old") is the rule it
+replaced: for one repeat per level, the time-slice bootstrap (slices resampled one by one); with
+`--repeats`, the mean of the repeats' block-bootstrap draws (where analysis.repeat_draws now uses
+the spread between the repeats).
 
-    nice -n 10 python benchmarks/interval_coverage.py --runs 24                     # the emulator
-    nice -n 10 python benchmarks/interval_coverage.py --backend vllm-cpu --runs 5   # the real CPU engine
+    python benchmarks/interval_coverage.py --runs 24                                # the emulator
+    python benchmarks/interval_coverage.py --runs 12 --repeats 3                    # every level three times a run
+    python benchmarks/interval_coverage.py --backend vllm-cpu --runs 6              # the real CPU engine
+    python benchmarks/interval_coverage.py --backend vllm-cpu --runs 6 --repeats 3
 
 On the CPU engine the two servers (bf16 and AWQ of tests/support's tiny model) are started once and
 every run is a fresh sweep against them with its own prompt seed.
@@ -37,7 +41,7 @@ LEVELS = {"emulator": [1, 16, 64], "vllm-cpu": [1, 8, 32]}
 REQUESTS = {"emulator": [12, 64, 256], "vllm-cpu": [8, 32, 128]}
 
 
-def emulator_plan(seed: int, out: Path) -> dict:
+def emulator_plan(seed: int, out: Path, repeats: int = 1) -> dict:
     """fp16 and AWQ of Llama-3-8B on the emulated H100, closed loop, whole waves of requests."""
     return {
         "name": f"coverage-{seed:02d}", "backend": "emulator", "model": "llama-3-8b", "gpu": "h100-sxm",
@@ -45,12 +49,12 @@ def emulator_plan(seed: int, out: Path) -> dict:
         "scenario": {"api": "completions", "prompt_tokens": 512, "output_tokens": 64, "ignore_eos": True,
                      "seed": seed},
         "sweep": {"mode": "concurrency", "concurrency": LEVELS["emulator"], "requests": REQUESTS["emulator"],
-                  "warmup_s": 0, "drain_s": 60},
+                  "warmup_s": 0, "drain_s": 60, "repeats": repeats},
         "emulator": {"seed": seed}, "thresholds": [1.2], "output_dir": str(out),
     }
 
 
-def cpu_plan(seed: int, out: Path, root: Path, urls: dict[str, str]) -> dict:
+def cpu_plan(seed: int, out: Path, root: Path, urls: dict[str, str], repeats: int = 1) -> dict:
     """bf16 and AWQ of the tiny model on vllm-cpu (tests/support), the same closed-loop shape, against
     servers started once for all runs (backend external: the runs differ by prompt seed, not by start)."""
     from tests.support.vllm_plan import tiny_vllm_plan
@@ -59,7 +63,8 @@ def cpu_plan(seed: int, out: Path, root: Path, urls: dict[str, str]) -> dict:
                           scenario={"api": "completions", "prompt_tokens": 64, "output_tokens": 32,
                                     "ignore_eos": True, "seed": seed},
                           sweep={"mode": "concurrency", "concurrency": LEVELS["vllm-cpu"],
-                                 "requests": REQUESTS["vllm-cpu"], "warmup_s": 0, "drain_s": 60},
+                                 "requests": REQUESTS["vllm-cpu"], "warmup_s": 0, "drain_s": 60,
+                                 "repeats": repeats},
                           thresholds=[1.2], name=f"coverage-{seed:02d}")
     data = json.loads(plan.model_dump_json())
     data["backend"] = "external"
@@ -94,7 +99,7 @@ def sweep_one(plan_file: str) -> None:
     print(run.path)
 
 
-def run_dirs(backend: str, runs: int, out: Path) -> list[Path]:
+def run_dirs(backend: str, runs: int, out: Path, repeats: int = 1) -> list[Path]:
     """The runs' results directories, sweeping the missing ones."""
     out.mkdir(parents=True, exist_ok=True)
     marks = [out / f"run-{seed:02d}.path" for seed in range(runs)]
@@ -102,8 +107,8 @@ def run_dirs(backend: str, runs: int, out: Path) -> list[Path]:
                if not (m.exists() and Path(m.read_text().strip(), "manifest.json").exists())]
     with (cpu_servers(out) if backend == "vllm-cpu" and missing else contextlib.nullcontext({})) as urls:
         for seed in missing:
-            plan = (emulator_plan(seed, out / "results") if backend == "emulator"
-                    else cpu_plan(seed, out / "results", out, urls))
+            plan = (emulator_plan(seed, out / "results", repeats) if backend == "emulator"
+                    else cpu_plan(seed, out / "results", out, urls, repeats))
             pf = out / f"plan-{seed:02d}.yaml"
             pf.write_text(yaml.safe_dump(plan, sort_keys=False))
             res = subprocess.run([sys.executable, __file__, "--sweep-one", str(pf)], capture_output=True, text=True,
@@ -129,10 +134,15 @@ def measure(path: Path) -> dict[str, dict[str, float]]:
     a = compute(path, use_cache=False)
     out: dict[str, dict[str, float]] = {}
     old: dict[tuple[str, float], np.ndarray] = {}
+    done = a.steps[a.steps.status.isin(["complete", "unlisted"])]
     for r in a.levels.itertuples(index=False):
-        st = a.steps[(a.steps.variant == r.variant) & (a.steps.level == r.level)].iloc[0]
-        req = a.requests[(r.variant, int(st.step))]
-        old[(r.variant, r.level)] = _slices_iid(req.slice_tokens, st.window_s, np.random.default_rng(0))
+        st = done[(done.variant == r.variant) & (done.level == r.level)]
+        if len(st) > 1:  # repeats: the mean of their block-bootstrap draws, the rule repeat_draws replaced
+            old[(r.variant, r.level)] = np.mean([a.draws[(r.variant, int(s))] for s in st.step], axis=0)
+        else:
+            req = a.requests[(r.variant, int(st.step.iloc[0]))]
+            old[(r.variant, r.level)] = _slices_iid(req.slice_tokens, st.window_s.iloc[0],
+                                                    np.random.default_rng(0))
         lo_old, hi_old = interval(old[(r.variant, r.level)])
         out[f"{r.variant}@{r.level:g}"] = {"value": r.output_tokens_per_s, "lo": r.output_tokens_per_s_lo,
                                             "hi": r.output_tokens_per_s_hi, "lo_old": lo_old, "hi_old": hi_old}
@@ -183,6 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", choices=["emulator", "vllm-cpu"], default="emulator")
     ap.add_argument("--runs", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=1, help="sweep.repeats of every run (levels interleaved)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     ap.add_argument("--sweep-one", default=None, help=argparse.SUPPRESS)
@@ -190,8 +201,8 @@ def main() -> None:
     if a.sweep_one:
         sweep_one(a.sweep_one)
         return
-    out = a.out or Path("/tmp/ridgeline-coverage") / a.backend
-    dirs = run_dirs(a.backend, a.runs, out)
+    out = a.out or Path("/tmp/ridgeline-coverage") / (a.backend + (f"-r{a.repeats}" if a.repeats > 1 else ""))
+    dirs = run_dirs(a.backend, a.runs, out, a.repeats)
     per_run = [measure(d) for d in dirs]
     rows = coverage_table(per_run)
     print(format_table(rows))

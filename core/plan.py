@@ -607,6 +607,10 @@ class Plan(_Strict):
                                  "must have fixed prompt_tokens and output_tokens, no dataset, shared prefix or turns")
             if not sc.tokenizer:
                 raise ValueError("crosscheck needs scenario.tokenizer: vllm bench serve builds its prompts with it")
+            if cc.interleave and isinstance(self.sweep.variants_at_once, int) and self.sweep.variants_at_once > 1:
+                raise ValueError("crosscheck.interleave reads each server twice seconds apart; with "
+                                 f"sweep.variants_at_once {self.sweep.variants_at_once} the other lanes load the "
+                                 "host between the two: set variants_at_once to 1, or leave interleave off")
         return self
 
     def variant(self, name: str) -> VariantSpec:

@@ -289,16 +289,19 @@ def _arg_value(args: list[str], flag: str) -> Optional[str]:
 
 # --- the plan --------------------------------------------------------------------------------------
 
-def check_cpu_split(engine: list[int], frontend: list[int], allowed: Optional[set[int]] = None) -> list[Finding]:
-    """server.cpus must name CPUs this process may run on (its affinity mask), and taskset must exist."""
+def check_cpu_split(engine: list[int], frontend: list[int], allowed: Optional[set[int]] = None,
+                    launches: bool = True) -> list[Finding]:
+    """server.cpus must name CPUs this process may run on (its affinity mask); where ridgeline starts the
+    server (launches), taskset must exist too. Without a launched server only the client moves to the
+    frontend CPUs, and a CPU it may not use would otherwise be skipped without a word."""
     allowed = allowed if allowed is not None else os.sched_getaffinity(0)
     out = []
-    for key, cpus in (("engine", engine), ("frontend", frontend)):
+    for key, cpus in (("engine", engine), ("frontend", frontend)) if launches else (("frontend", frontend),):
         missing = sorted(set(cpus) - allowed)
         if missing:
             out.append(Finding(ERROR, None, f"server.cpus.{key}: CPU(s) {missing} are not among the CPUs this "
                                             f"host lets ridgeline use ({sorted(allowed)})"))
-    if shutil.which("taskset") is None:
+    if launches and shutil.which("taskset") is None:
         out.append(Finding(ERROR, None, "server.cpus: the API server is started under `taskset` (util-linux), "
                                         "which is not on PATH"))
     return out
@@ -339,8 +342,9 @@ def check_plan(plan: Plan, host: Optional[HostGpus] = None,
                                                  f"use api_key_env or api_key_file"))
         elif s in RIDGELINE_FLAGS and backend(plan.backend).launches_vllm:
             findings.append(Finding(ERROR, None, f"server.extra_args: {s} is set by ridgeline for each variant"))
-    if backend(plan.backend).launches_vllm and plan.server.cpus is not None:
-        findings += check_cpu_split(plan.server.cpus.engine, plan.server.cpus.frontend)
+    if plan.server.cpus is not None:
+        findings += check_cpu_split(plan.server.cpus.engine, plan.server.cpus.frontend,
+                                    launches=backend(plan.backend).launches_vllm)
     util = float(_arg_value(list(plan.server.extra_args), "--gpu-memory-utilization") or 0.9)
     for v in variants:
         mine: list[Finding] = []

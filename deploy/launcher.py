@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.errors import RidgelineError
+from core.plan import CpuSplit
 from core.net import free_port  # noqa: F401 - launcher.free_port is what callers use
 from deploy.cpu_split import pin_engine
 
@@ -46,7 +47,7 @@ class ServerCommand:
     cwd: Optional[str] = None
     base_url: Optional[str] = None  # an external server's own URL (scheme, path prefix); else http://host:port
     notes: dict[str, Any] = field(default_factory=dict)  # what the manifest should say about how it was built
-    engine_cpus: Optional[tuple[int, ...]] = None  # once healthy, the group's other processes move here (cpu_split)
+    cpus: Optional[CpuSplit] = None  # server.cpus: once healthy, the group's other processes move to its engine CPUs
 
     @property
     def url(self) -> str:
@@ -188,8 +189,8 @@ def wait_ready(server: Server, poll_s: float = 0.25) -> float:
             code = server.process.returncode
             raise LaunchError(f"variant {cmd.variant}: server exited with status {code} while starting{_why(server)}")
         if _healthy(url):
-            if cmd.engine_cpus:
-                server.pinned = pin_engine(server.pid, group_members(server.pid), cmd.engine_cpus)
+            if cmd.cpus is not None:
+                server.pinned = pin_engine(server.pid, group_members(server.pid), cmd.cpus.engine)
             return time.time() - server.started
         if time.time() > deadline:
             raise LaunchError(

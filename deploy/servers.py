@@ -89,10 +89,8 @@ def _vllm_commands(plan: Plan, variants: list[Variant], ports: dict[str, int], a
         prefix: list[str] = []
         if split is not None:
             prefix = cpu_split.frontend_prefix(split.frontend)
-            notes["cpus"] = {"engine": list(split.engine), "frontend": list(split.frontend)}
         out.append(ServerCommand(v.name, prefix + argv + mfu, env=env, host=host, port=port,
-                                 startup_timeout_s=plan.server.startup_timeout_s, notes=notes,
-                                 engine_cpus=tuple(split.engine) if split is not None else None))
+                                 startup_timeout_s=plan.server.startup_timeout_s, notes=notes, cpus=split))
     return out
 
 

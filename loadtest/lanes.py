@@ -12,7 +12,8 @@ the measurement). Hence the rule for `auto`:
 - vllm and external: one at a time (a real server's speed may depend on what else runs on the host
   or the network; ask for more explicitly, with server.placement: parallel for vllm);
 - one at a time whenever the client's exporter, Prometheus targets or Locust worker processes are
-  in use, since they follow one variant at a time.
+  in use, since they follow one variant at a time, and with crosscheck.interleave, whose bench must
+  read the server right after ridgeline did with nothing else loading the host in between.
 
 Side by side, the variants' steps also share one stream budget, so the client is never asked for
 several variants' heaviest steps at once: a step holds as many streams as its concurrency (an
@@ -59,7 +60,8 @@ def variants_at_once(plan: Plan, cpus: Optional[int] = None) -> int:
     if want != "auto":
         return max(1, min(int(want), n))
     shared = plan.scrape.exporter_port is not None or plan.scrape.targets_dir is not None or plan.workers > 0
-    if plan.backend != "emulator" or shared:
+    interleaved = plan.crosscheck is not None and plan.crosscheck.interleave
+    if plan.backend != "emulator" or shared or interleaved:
         return 1
     return max(1, min(n, EMULATED_PER_CPU * (cpus if cpus is not None else usable_cpus())))
 

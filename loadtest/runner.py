@@ -154,8 +154,11 @@ class Sweep:
 
     def _server_entry(self, cmd: launcher.ServerCommand) -> dict[str, Any]:
         v = resolve(self.plan.variant(cmd.variant))
-        return {"argv": list(cmd.argv), "env": _mask_env(cmd.env), "url": cmd.url, "variant": v.to_dict(),
-                "log": f"logs/{cmd.variant}.log", "served": None, **cmd.notes}
+        entry = {"argv": list(cmd.argv), "env": _mask_env(cmd.env), "url": cmd.url, "variant": v.to_dict(),
+                 "log": f"logs/{cmd.variant}.log", "served": None, **cmd.notes}
+        if cmd.cpus is not None:
+            entry["cpus"] = cmd.cpus.model_dump()
+        return entry
 
     def _start(self, cmd: launcher.ServerCommand) -> Optional[launcher.Server]:
         if not cmd.argv:  # external: nothing to start

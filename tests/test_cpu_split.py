@@ -16,7 +16,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from core.plan import parse_plan
+from core.plan import CpuSplit, parse_plan
 from deploy import cpu_split, launcher
 from deploy.checks import check_cpu_split
 from deploy.render.kubernetes import server_deployment
@@ -46,14 +46,13 @@ def test_commands_start_the_api_server_on_the_frontend_and_bind_the_worker_to_th
     [cmd] = server_commands(plan_with("cpus: {engine: [0, 2], frontend: [3]}"), ports={"bf16": 8000}, api_key=None)
     assert cmd.argv[:4] == ["taskset", "-c", "3", "python3"]
     assert cmd.env["VLLM_CPU_OMP_THREADS_BIND"] == "0,2"
-    assert cmd.engine_cpus == (0, 2)
-    assert cmd.notes["cpus"] == {"engine": [0, 2], "frontend": [3]}
+    assert cmd.cpus is not None and cmd.cpus.engine == [0, 2] and cmd.cpus.frontend == [3]
 
 
 def test_without_a_split_nothing_is_pinned():
     [cmd] = server_commands(plan_with(""), ports={"bf16": 8000}, api_key=None)
     assert cmd.argv[0] == "python3" and "VLLM_CPU_OMP_THREADS_BIND" not in cmd.env
-    assert cmd.engine_cpus is None and "cpus" not in cmd.notes
+    assert cmd.cpus is None
 
 
 def test_the_plans_own_binding_wins():
@@ -79,6 +78,31 @@ def test_cpus_the_host_does_not_give_are_an_error_naming_them():
     assert "server.cpus.engine: CPU(s) [7]" in text and "server.cpus.frontend: CPU(s) [9]" in text
     if shutil.which("taskset"):
         assert check_cpu_split([0], [1], allowed={0, 1}) == []
+
+
+def test_a_server_started_elsewhere_checks_only_the_clients_cpus():
+    # backend external or emulator: ridgeline moves only itself to the frontend CPUs; an engine CPU it may
+    # not use is the other host's business, a frontend one is an error it would otherwise skip silently
+    found = check_cpu_split([7], [9], allowed={0, 1}, launches=False)
+    assert [str(f) for f in found] == [str(f) for f in check_cpu_split([0], [9], allowed={0, 1}, launches=False)]
+    assert len(found) == 1 and "server.cpus.frontend: CPU(s) [9]" in str(found[0])
+    assert check_cpu_split([7], [1], allowed={0, 1}, launches=False) == []
+
+
+def test_the_plan_check_names_a_bad_client_cpu_for_an_external_server():
+    from deploy.checks import check_plan
+
+    plan = parse_plan(textwrap.dedent(f"""
+        name: ext
+        backend: external
+        model: meta-llama/Llama-3.1-8B-Instruct
+        server:
+          cpus: {{engine: [0], frontend: [{max(CPUS) + 64}]}}
+        variants:
+          - {{name: bf16, url: "http://127.0.0.1:9/v1"}}
+        """), "ext.yaml")
+    text = " ".join(str(f) for f in check_plan(plan))
+    assert f"server.cpus.frontend: CPU(s) [{max(CPUS) + 64}]" in text
 
 
 def test_a_pod_runs_without_the_hosts_split():
@@ -107,7 +131,8 @@ def test_once_healthy_the_groups_other_processes_move_to_the_engine_cpus(tmp_pat
     port = launcher.free_port("127.0.0.1")
     cmd = launcher.ServerCommand("bf16", cpu_split.frontend_prefix(frontend) + [sys.executable, "-c", CHILD_SERVER,
                                                                                  str(port)],
-                                 port=port, startup_timeout_s=30, engine_cpus=tuple(engine))
+                                 port=port, startup_timeout_s=30,
+                                 cpus=CpuSplit(engine=engine, frontend=frontend))
     srv = launcher.start(cmd, tmp_path / "srv.log")
     try:
         members = launcher.group_members(srv.pid)

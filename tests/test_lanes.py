@@ -37,6 +37,9 @@ def test_auto_is_one_at_a_time_on_real_servers_and_shared_client_pieces():
     assert variants_at_once(_plan(sweep=auto, backend="vllm", server={"placement": "parallel"}), cpus=16) == 1
     assert variants_at_once(_plan(sweep=auto, workers=2), cpus=16) == 1
     assert variants_at_once(_plan(sweep=auto, scrape={"exporter_port": 0}), cpus=16) == 1
+    interleaved = {"crosscheck": {"interleave": True}, "scenario": {"tokenizer": "/models/tok"}}
+    assert variants_at_once(_plan(sweep=auto, **interleaved), cpus=16) == 1
+    assert variants_at_once(_plan(sweep=auto, crosscheck={}, scenario={"tokenizer": "/t"}), cpus=16) == 4
     assert variants_at_once(_plan(), cpus=16) == 1  # the default: one at a time
     assert variants_at_once(_plan(sweep={"variants_at_once": 3}), cpus=1) == 3  # asked for: as asked
     assert variants_at_once(_plan(sweep={"variants_at_once": 9}), cpus=1) == 4  # never more than the variants
@@ -49,6 +52,9 @@ def test_variants_sharing_a_gpu_are_refused_side_by_side():
         _plan(sweep={"variants_at_once": 2}, scrape={"exporter_port": 0})
     with pytest.raises(PlanError, match="at least 1"):
         _plan(sweep={"variants_at_once": 0})
+    with pytest.raises(PlanError, match="interleave reads each server twice seconds apart; with "
+                                        "sweep.variants_at_once 2"):
+        _plan(sweep={"variants_at_once": 2}, crosscheck={"interleave": True}, scenario={"tokenizer": "/t"})
     assert variants_at_once(_plan(backend="vllm", server={"placement": "parallel"},
                                   sweep={"variants_at_once": 2})) == 2
 
