@@ -11,7 +11,7 @@ level again), so they sit minutes apart:
   so the interval is too wide.
 
 With MIN_REPEATS or more complete repeats of a level, its draws are therefore the repeats' mean
-plus Student-t draws scaled by their standard error (s / sqrt(k), k - 1 degrees of freedom): exact
+plus Student-t quantiles (in random order) scaled by their standard error (s / sqrt(k), k - 1 degrees of freedom): exact
 for independent, normally spread repeats, and wide when only a few are there (k = 3 multiplies s /
 sqrt(k) by 4.3 at 95%). With fewer repeats a level's draws are the mean of its steps' block-bootstrap
 draws. benchmarks/interval_coverage.py (`--repeats`) measures how often either holds the mean of
@@ -43,8 +43,17 @@ def level_draws(values: Sequence[float], step_draws: Sequence[np.ndarray], rng: 
     """
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if v.size >= MIN_REPEATS:
+        from scipy import stats
+
         k = v.size
-        return v.mean() + v.std(ddof=1) / math.sqrt(k) * rng.standard_t(k - 1, size=resamples)
+        # the t distribution's quantiles at evenly spaced probabilities, in random order: the level's own
+        # interval is then exact (1000 random t draws with 2 degrees of freedom put its 97.5th percentile
+        # 10% off), and pairing them at random with another level's draws still samples the ratio
+        # (probabilities i / (n - 1), as np.percentile reads the i-th of n sorted values; the two ends,
+        # 0 and 1, are moved in by a quarter step to stay finite)
+        p = np.clip(np.arange(resamples) / (resamples - 1), 0.25 / resamples, 1 - 0.25 / resamples)
+        t = stats.t.ppf(p, k - 1)
+        return v.mean() + v.std(ddof=1) / math.sqrt(k) * rng.permutation(t)
     if not step_draws:
         return np.full(resamples, np.nan)
     return np.mean(step_draws, axis=0)

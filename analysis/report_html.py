@@ -90,10 +90,11 @@ details summary{cursor:pointer;font-weight:600;margin:6px 0}
 {% if crossover_table %}
 {{ table(crossover_table) }}
 <p class="muted">Interpolated in log2({{ level_word }}) between the last step above and the first below; the interval is the
-same crossing on the 95% bootstrap bounds of the speedup. "from N": already below at the lowest step; "never": not below within the steps.</p>
+same crossing on the 95% bounds of the speedup. "from N": already below at the lowest step; "never": not below within the steps.</p>
 {% else %}<p class="muted">Only one variant (or no complete step): nothing to compare.</p>{% endif %}
 <h3>Speedup over {{ baseline }} at each {{ level_word }}</h3>
-{% if speedup_table %}{{ table(speedup_table) }}{% endif %}
+{% if speedup_table %}{{ table(speedup_table) }}
+<p class="muted">{{ interval_note }}</p>{% endif %}
 <h3>Capacity under the SLO</h3>
 <p class="muted">SLO: {{ slo }}; a step is within it when at least {{ attainment }} of its measured requests meet it.</p>
 <div class="scroll"><table><tr><th class="l">variant</th><th>best {{ level_word }} within SLO</th><th>output tokens/s there</th><th>goodput tokens/s there</th><th>SLO breaks at</th><th>knee</th><th>peak tokens/s</th><th>at</th><th>ridge batch</th></tr>
@@ -307,6 +308,7 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
         "verdict": _verdict_text(a), "callouts": callouts, "charts": {k: data_uri(p) for k, p in charts.items()},
         "thresholds": [threshold_key(t) + "x" for t in info.thresholds], "crossover_table": crossover,
         "speedup_table": speedup,
+        "interval_note": rt.interval_note(a),
         "slo": info.slo.describe(), "attainment": f"{SLO_ATTAINMENT:.0%}", "capacity_rows": capacity_rows,
         "roofline_unavailable": a.roofline.unavailable, "roofline_sentences": sentences,
         "roofline_rows": roofline_rows, "agreement_pct": f"{AGREEMENT_PCT:g}", "agreement_rows": agreement_rows,

@@ -88,7 +88,7 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
         lines += [f"## Crossover ({word} where the speedup falls below each threshold)", ""]
         lines += _shared_table(rt.crossover_table(a)) + [""]
         lines += [f"## Speedup over {md(info.baseline)} (95% interval)", ""]
-        lines += _shared_table(rt.speedup_table(a)) + [""]
+        lines += _shared_table(rt.speedup_table(a)) + ["", md(rt.interval_note(a)), ""]
 
     lines += ["## Per step", ""]
     heads = ["variant", word, "status", "out tok/s", "95% interval", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",

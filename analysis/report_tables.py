@@ -12,6 +12,7 @@ from analysis import fmt
 from analysis.crosscheck import CROSSCHECK_PCT, verdict_word
 from analysis.pipeline import Analysis
 from analysis.prefix_cache import LEAK_PCT, expects_hits, leaked
+from analysis.repeat_draws import MIN_REPEATS
 from analysis.roofline_gap import gap_table
 from analysis.summary import threshold_key
 from analysis.table_model import Row, Table
@@ -56,6 +57,19 @@ def crossover_table(a: Analysis) -> Table:
                 cells += [lvl(c.level), fmt.interval(c.low, c.high, lvl, open_high=f"> {lvl(last)}")]
         rows.append(Row(cells))
     return Table(headers, rows)
+
+
+def interval_note(a: Analysis) -> str:
+    """Where the speedup and crossover intervals come from, so a reader knows what they can and cannot see."""
+    lv = a.levels
+    n = int((lv["repeats"] >= MIN_REPEATS).sum()) if "repeats" in lv.columns and not lv.empty else 0
+    blocks = ("a circular block bootstrap over the step's window (blocks one request lifetime long), which "
+              "cannot see drift between steps")
+    if n == 0:
+        return (f"95% intervals: {blocks}. With sweep.repeats of {MIN_REPEATS} or more they come from the spread "
+                f"between the repeats instead.")
+    return (f"95% intervals: {n} of {len(lv)} levels have {MIN_REPEATS} or more repeats and take theirs from the "
+            f"spread between them (Student t on their mean); the others, and each step's own, from {blocks}.")
 
 
 def speedup_table(a: Analysis) -> Table:

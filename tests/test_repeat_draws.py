@@ -4,6 +4,7 @@ bootstrap's mean below that."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from analysis.repeat_draws import MIN_REPEATS, level_draws
@@ -48,6 +49,40 @@ def test_level_table_uses_the_repeats_spread() -> None:
     draws = {("a", i): np.full(1000, v) for i, v in enumerate([90.0, 100.0, 110.0])}
     levels, _ = level_table(steps, draws)
     row = levels.iloc[0]
-    # 100 +- 4.303 x 10 / sqrt(3) = 100 +- 24.8, within the sampling error of 1000 t draws
+    # 100 +- 4.303 x 10 / sqrt(3) = 100 +- 24.84
     assert row.repeats == 3 and row.output_tokens_per_s == 100.0
-    assert 70 < row.output_tokens_per_s_lo < 80 and 120 < row.output_tokens_per_s_hi < 130
+    assert row.output_tokens_per_s_lo == pytest.approx(75.16, abs=0.3)
+    assert row.output_tokens_per_s_hi == pytest.approx(124.84, abs=0.3)
+
+
+def test_a_run_with_drifting_repeats_reports_their_spread(tmp_path):
+    from scipy import stats
+
+    from analysis import analyze, render_reports
+    from analysis.pipeline import compute
+    from tests.support.synthetic import RunModel, StepModel, build_run, plan_dict
+
+    # the host slows and speeds up between repeats: gaps 4, 4.6 and 3.5 ms; each step alone is steady
+    # (no jitter), so its block bootstrap is tight and cannot see the drift
+    def steps(speed: float) -> list[StepModel]:
+        return [StepModel(16, g / speed, g / speed, output_tokens=100, warmup_s=0.5, duration_s=6.0, repeat=i)
+                for i, g in enumerate([0.004, 0.0046, 0.0035])]
+
+    plan = plan_dict(["fp16", "awq"], baseline="fp16", sweep={"concurrency": [16], "repeats": 3})
+    build_run(tmp_path / "run", RunModel(steps={"fp16": steps(1.0), "awq": steps(1.25)}, plan=plan))
+    a = compute(tmp_path / "run", use_cache=False)
+    fp16 = a.steps[a.steps.variant == "fp16"].output_tokens_per_s.to_numpy()
+    assert fp16.max() / fp16.min() > 1.25
+    half = stats.t.ppf(0.975, 2) * fp16.std(ddof=1) / np.sqrt(3)
+    row = a.levels[a.levels.variant == "fp16"].iloc[0]
+    assert row.output_tokens_per_s_lo == pytest.approx(fp16.mean() - half, rel=0.005)
+    assert row.output_tokens_per_s_hi == pytest.approx(fp16.mean() + half, rel=0.005)
+    # a single step's own interval is far narrower than the spread of the three
+    lo0, hi0 = interval(a.draws[("fp16", 0)])
+    assert hi0 - lo0 < (fp16.max() - fp16.min()) / 2
+    analyze(tmp_path / "run")
+    sp = a.speedups.iloc[0]
+    assert sp.speedup == pytest.approx(1.25, rel=0.02) and sp.speedup_lo < 1.1 and sp.speedup_hi > 1.4
+    render_reports(tmp_path / "run")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "1 of 2 levels" not in md and "2 of 2 levels have 3 or more repeats" in md

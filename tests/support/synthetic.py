@@ -42,6 +42,7 @@ class StepModel:
     error_message: str = "HTTP 500: internal error"
     power_w: Optional[float] = None  # constant power per GPU during the step (telemetry); None: no telemetry
     clock_reasons: int = 0  # NVML clocks-event reason bitmask reported at every sample
+    repeat: int = 0  # which repeat of its level (sweep.repeats) the step is
 
 
 def _lengths(spec: Union[int, tuple[int, int]], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -126,7 +127,8 @@ def closed_loop(variant: str, step: int, m: StepModel, t_start: float, rng: np.r
     }, schema=REQUEST_SCHEMA)
     end = float(np.max(send + e2e)) if k else w1
     info = StepInfo(variant=variant, step=step, concurrency=m.concurrency, rate=None, status="complete",
-                    started=t_start, ended=end, window_start=w0, window_end=w1, sent=k, recorded=k)
+                    started=t_start, ended=end, window_start=w0, window_end=w1, sent=k, recorded=k,
+                    repeat=m.repeat)
     extra = {"send": send, "ttft": ttft, "e2e": e2e, "L": L, "gaps": kept_gaps, "counts": counts, "ok": status == "ok"}
     return table, info, extra
 
