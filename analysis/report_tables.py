@@ -65,11 +65,15 @@ def interval_note(a: Analysis) -> str:
     n = int((lv["repeats"] >= MIN_REPEATS).sum()) if "repeats" in lv.columns and not lv.empty else 0
     blocks = ("a circular block bootstrap over the step's window (blocks one request lifetime long), which "
               "cannot see drift between steps")
+    spread = "the spread between its repeats (Student t on their mean)"
     if n == 0:
         return (f"95% intervals: {blocks}. With sweep.repeats of {MIN_REPEATS} or more they come from the spread "
                 f"between the repeats instead.")
-    return (f"95% intervals: {n} of {len(lv)} levels have {MIN_REPEATS} or more repeats and take theirs from the "
-            f"spread between them (Student t on their mean); the others, and each step's own, from {blocks}.")
+    if n == len(lv):
+        return (f"95% intervals: every level has {MIN_REPEATS} or more repeats and takes its interval from {spread}; "
+                f"a single step's interval (the per-step table) is {blocks}.")
+    return (f"95% intervals: {n} of {len(lv)} levels have {MIN_REPEATS} or more repeats and take theirs from "
+            f"{spread}; the other levels, and each single step, from {blocks}.")
 
 
 def speedup_table(a: Analysis) -> Table:

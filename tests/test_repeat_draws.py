@@ -85,4 +85,18 @@ def test_a_run_with_drifting_repeats_reports_their_spread(tmp_path):
     assert sp.speedup == pytest.approx(1.25, rel=0.02) and sp.speedup_lo < 1.1 and sp.speedup_hi > 1.4
     render_reports(tmp_path / "run")
     md = (tmp_path / "run" / "report.md").read_text()
-    assert "1 of 2 levels" not in md and "2 of 2 levels have 3 or more repeats" in md
+    assert "every level has 3 or more repeats and takes its interval from the spread between its repeats" in md
+
+
+def test_the_reports_say_which_levels_take_the_repeats_spread():
+    from types import SimpleNamespace
+
+    from analysis.report_tables import interval_note
+
+    def note(repeats: list[int]) -> str:
+        return interval_note(SimpleNamespace(levels=pd.DataFrame({"repeats": repeats})))
+
+    assert note([1, 1]).startswith("95% intervals: a circular block bootstrap")
+    assert "With sweep.repeats of 3 or more" in note([2, 2])
+    assert "1 of 2 levels have 3 or more repeats" in note([3, 2])
+    assert note([4, 3]).startswith("95% intervals: every level has 3 or more repeats")
