@@ -56,23 +56,32 @@ PLANS: dict[str, tuple[str, list[str], str, str]] = {
     "plan-fp8kv.yaml": ("h100-fp8kv", ["fp8kv", "awq-fp8kv", "bf16"], "bf16", "h100-sxm"),
     # the lent H200: the four variants of the issue in one run, with vllm bench serve beside each
     "plan-h200.yaml": ("h200-llama3-8b", ["fp16", "awq", "gptq", "fp8kv"], "fp16", "h200"),
+    # the shared H100 run's cross-check again with the fixed bench (new prompts at every level, hit
+    # rates read around each level), each bench level right after ridgeline's step at that concurrency
+    "plan-recheck.yaml": ("h100-recheck", ["fp16", "awq"], "fp16", "h100-sxm"),
 }
+# plans that sweep only some levels (default: CONCURRENCY)
+LEVELS: dict[str, list[int]] = {"plan-recheck.yaml": [1, 64, 256]}
 # plans that also run vllm bench serve against the same server (variants, concurrency, prompts)
 CROSSCHECK: dict[str, tuple[list[str], list[int]]] = {
     "plan-h200.yaml": (["fp16", "awq", "gptq", "fp8kv"], [1, 16, 256]),
+    "plan-recheck.yaml": (["fp16", "awq"], [1, 64, 256]),
 }
+INTERLEAVED = {"plan-recheck.yaml"}
 
 SERVER_ARGS = ["--load-format", "dummy", "--max-model-len", "4096", "--gpu-memory-utilization", "0.90",
                "--max-num-seqs", "256"]
 
 
 def plan_dict(name: str, variants: list[str], baseline: str, window: str, gpu: str = "h100-sxm",
-              crosscheck: Optional[tuple[list[str], list[int]]] = None) -> dict[str, Any]:
-    sweep: dict[str, Any] = {"mode": "concurrency", "concurrency": list(CONCURRENCY), "warmup_s": 2.0,
+              crosscheck: Optional[tuple[list[str], list[int]]] = None, levels: Optional[list[int]] = None,
+              interleave: bool = False) -> dict[str, Any]:
+    levels = list(levels or CONCURRENCY)
+    sweep: dict[str, Any] = {"mode": "concurrency", "concurrency": levels, "warmup_s": 2.0,
                              "ramp_s": 0.0, "drain_s": 60.0}
     if window == "count":
         # with vllm bench serve beside it, no warm-up either: both measure the same first requests
-        sweep.update(duration_s=None, requests=[anchor_count(c) for c in CONCURRENCY],
+        sweep.update(duration_s=None, requests=[anchor_count(c) for c in levels],
                      warmup_s=0.0 if crosscheck else 2.0)
     else:
         sweep.update(warmup_s=3.0, duration_s=12.0)
@@ -80,7 +89,8 @@ def plan_dict(name: str, variants: list[str], baseline: str, window: str, gpu: s
     if crosscheck:
         cc_variants, cc_levels = crosscheck
         extra["crosscheck"] = {"variants": cc_variants, "concurrency": cc_levels,
-                               "num_prompts": [anchor_count(c) for c in cc_levels], "timeout_s": 300.0}
+                               "num_prompts": [anchor_count(c) for c in cc_levels], "timeout_s": 300.0,
+                               **({"interleave": True} if interleave else {})}
     return {
         "name": name,
         "backend": "vllm",
@@ -141,12 +151,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     for fname, (name, variants, baseline, gpu) in PLANS.items():
         window = "count" if args.window == "auto" else args.window
         cc = CROSSCHECK.get(fname)
-        text = render(plan_dict(name, variants, baseline, window, gpu, cc), window, gpu)
+        keys = {"levels": LEVELS.get(fname), "interleave": fname in INTERLEAVED}
+        text = render(plan_dict(name, variants, baseline, window, gpu, cc, **keys), window, gpu)
         problem = accepted(text, fname)
         if problem and args.window == "auto":
             print(f"{fname}: windows by count not accepted here, writing time windows:\n{problem}")
             window = "time"
-            text = render(plan_dict(name, variants, baseline, window, gpu, cc), window, gpu)
+            text = render(plan_dict(name, variants, baseline, window, gpu, cc, **keys), window, gpu)
             problem = accepted(text, fname)
         (args.out / fname).write_text(text)
         print(f"wrote {args.out / fname} ({window} windows)" + (f"\n  NOT ACCEPTED: {problem}" if problem else ""))
