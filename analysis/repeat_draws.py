@@ -33,6 +33,16 @@ from analysis.block_bootstrap import RESAMPLES
 MIN_REPEATS = 3  # below this the spread of the repeats is too loose a guide (k = 2: t at 95% is 12.7)
 
 
+FROM_REPEATS = "repeats"
+FROM_BLOCKS = "block bootstrap"
+
+
+def source(repeats: int) -> str:
+    """Where a level's interval comes from, given how many complete repeats it has (what the reports
+    and summary.json's interval_source say)."""
+    return FROM_REPEATS if repeats >= MIN_REPEATS else FROM_BLOCKS
+
+
 def level_draws(values: Sequence[float], step_draws: Sequence[np.ndarray], rng: np.random.Generator,
                 resamples: int = RESAMPLES) -> np.ndarray:
     """Draws of a level's throughput (the mean of its repeats' values).

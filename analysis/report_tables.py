@@ -12,7 +12,7 @@ from analysis import fmt
 from analysis.crosscheck import CROSSCHECK_PCT, verdict_word
 from analysis.pipeline import Analysis
 from analysis.prefix_cache import LEAK_PCT, expects_hits, leaked
-from analysis.repeat_draws import MIN_REPEATS
+from analysis.repeat_draws import FROM_REPEATS, MIN_REPEATS, source
 from analysis.roofline_gap import gap_table
 from analysis.summary import threshold_key
 from analysis.table_model import Row, Table
@@ -62,7 +62,7 @@ def crossover_table(a: Analysis) -> Table:
 def interval_note(a: Analysis) -> str:
     """Where the speedup and crossover intervals come from, so a reader knows what they can and cannot see."""
     lv = a.levels
-    n = int((lv["repeats"] >= MIN_REPEATS).sum()) if "repeats" in lv.columns and not lv.empty else 0
+    n = sum(source(int(r)) == FROM_REPEATS for r in lv["repeats"]) if "repeats" in lv.columns else 0
     blocks = ("a circular block bootstrap over the step's window (blocks one request lifetime long), which "
               "cannot see drift between steps")
     spread = "the spread between its repeats (Student t on their mean)"

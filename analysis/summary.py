@@ -22,6 +22,7 @@ from analysis.energy_text import energy_sentences
 from analysis.pipeline import Analysis, compute, finite
 from analysis.quality.verdict import verdict_lines
 from analysis.prefix_cache import leak_sentence
+from analysis.repeat_draws import source as interval_source_of
 from analysis.roofline import explain
 from analysis.roofline_gap import gap_table
 from analysis.speedup import SLO_ATTAINMENT, interval
@@ -297,6 +298,9 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         speedup[v] = {level_key(r.level, mode): finite(r.speedup) for r in g.itertuples(index=False)}
         speedup_interval[v] = {level_key(r.level, mode): [finite(r.speedup_lo), finite(r.speedup_hi)]
                                for r in g.itertuples(index=False)}
+    interval_source = {v: {level_key(r.level, mode): interval_source_of(int(r.repeats))
+                           for r in a.levels[a.levels.variant == v].itertuples(index=False)}
+                       for v in info.variants} if "repeats" in a.levels.columns else {}
     crossover: dict[str, dict[str, Optional[float]]] = {}
     crossover_interval: dict[str, dict[str, list]] = {}
     for v in info.variants:
@@ -318,6 +322,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "level": "concurrency" if mode == "concurrency" else "rate",
         "thresholds": list(info.thresholds),
         "speedup_interval": speedup_interval,
+        "interval_source": interval_source,
         "crossover_interval": crossover_interval,
         "crossover_below_from_start": {v: {threshold_key(t): bool(c.below_from_start) for t, c in cs.items()}
                                        for v, cs in a.crossings.items()},

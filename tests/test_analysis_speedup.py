@@ -88,6 +88,8 @@ def test_a_curve_built_to_cross_1_2_at_48_is_reported_there(tmp_path):
     assert x == pytest.approx(48, abs=2)
     lo, hi = s.data["crossover_interval"]["awq"]["1.2"]
     assert lo <= 48 <= hi
+    # one step a level: every interval is the step's block bootstrap
+    assert s.data["interval_source"]["awq"] == {str(c): "block bootstrap" for c in SPEEDUP}
     # the measured speedups are the ones built in
     for c, want in SPEEDUP.items():
         assert s.speedup["awq"][str(c)] == pytest.approx(want, rel=0.02)

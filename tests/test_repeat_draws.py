@@ -80,7 +80,8 @@ def test_a_run_with_drifting_repeats_reports_their_spread(tmp_path):
     # a single step's own interval is far narrower than the spread of the three
     lo0, hi0 = interval(a.draws[("fp16", 0)])
     assert hi0 - lo0 < (fp16.max() - fp16.min()) / 2
-    analyze(tmp_path / "run")
+    summary = analyze(tmp_path / "run")
+    assert summary.data["interval_source"] == {"fp16": {"16": "repeats"}, "awq": {"16": "repeats"}}
     sp = a.speedups.iloc[0]
     assert sp.speedup == pytest.approx(1.25, rel=0.02) and sp.speedup_lo < 1.1 and sp.speedup_hi > 1.4
     render_reports(tmp_path / "run")
