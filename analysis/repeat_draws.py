@@ -11,9 +11,9 @@ level again), so they sit minutes apart:
   so the interval is too wide.
 
 With MIN_REPEATS or more complete repeats of a level, its draws are therefore the repeats' mean
-plus Student-t quantiles (in random order) scaled by their standard error (s / sqrt(k), k - 1 degrees of freedom): exact
-for independent, normally spread repeats, and wide when only a few are there (k = 3 multiplies s /
-sqrt(k) by 4.3 at 95%). With fewer repeats a level's draws are the mean of its steps' block-bootstrap
+plus Student-t quantiles (in random order) scaled by their standard error (s / sqrt(k), k - 1
+degrees of freedom): exact for independent, normally spread repeats, and wide when only a few are
+there (k = 3 multiplies s / sqrt(k) by 4.3 at 95%). With fewer repeats a level's draws are the mean of its steps' block-bootstrap
 draws. benchmarks/interval_coverage.py (`--repeats`) measures how often either holds the mean of
 other runs; docs/analysis.md has the tables.
 
@@ -31,8 +31,6 @@ import numpy as np
 from analysis.block_bootstrap import RESAMPLES
 
 MIN_REPEATS = 3  # below this the spread of the repeats is too loose a guide (k = 2: t at 95% is 12.7)
-
-
 FROM_REPEATS = "repeats"
 FROM_BLOCKS = "block bootstrap"
 
@@ -47,12 +45,13 @@ def level_draws(values: Sequence[float], step_draws: Sequence[np.ndarray], rng: 
                 resamples: int = RESAMPLES) -> np.ndarray:
     """Draws of a level's throughput (the mean of its repeats' values).
 
-    values: each complete repeat's measured throughput; step_draws: each one's block-bootstrap draws
-    (same order, NaN where it has none); rng: seeded per level so a directory always gives the same
-    intervals. Returns `resamples` draws, NaN when nothing was measured.
+    values: each complete repeat's measured throughput (a NaN one does not count); step_draws: the
+    block-bootstrap draws of the repeats that have them, averaged when fewer than MIN_REPEATS values
+    count; rng: seeded per level so a directory always gives the same intervals. Returns `resamples`
+    draws, NaN when nothing was measured.
     """
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if v.size >= MIN_REPEATS:
+    if source(v.size) == FROM_REPEATS:
         from scipy import stats
 
         k = v.size
