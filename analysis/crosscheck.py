@@ -33,7 +33,7 @@ EXTRA = {"completed": ("bench_completed", 1.0), "failed": ("bench_failed", 1.0),
          "duration": ("bench_duration_s", 1.0), "request_throughput": ("bench_requests_per_s", 1.0),
          "total_token_throughput": ("bench_total_tokens_per_s", 1.0), "p99_ttft_ms": ("bench_ttft_p99_s", 1e-3),
          "median_tpot_ms": ("bench_tpot_p50_s", 1e-3)}
-COLUMNS = (["variant", "concurrency", "num_prompts", "status", "note", "file", "step", "repeat"]
+COLUMNS = (["variant", "concurrency", "round", "num_prompts", "status", "note", "file", "step", "repeat"]
            + [f"{side}_{col}" for key, col, _, _ in PAIRS for side in ("ridgeline", "bench")]
            + [f"{key}_diff_pct" for key, *_ in PAIRS] + [f"{key}_flagged" for key, *_ in PAIRS]
            + [col for col, _ in EXTRA.values()]
@@ -68,12 +68,19 @@ def _read_result(root: Path, rel: str) -> tuple[Optional[dict], Optional[str]]:
     return data, None
 
 
-def _ridgeline_step(steps: pd.DataFrame, variant: str, concurrency: float) -> Optional[pd.Series]:
-    """ridgeline's step of that variant at that concurrency, first repeat."""
+def _ridgeline_step(steps: pd.DataFrame, variant: str, concurrency: float, round_: int) -> Optional[pd.Series]:
+    """ridgeline's step of that variant at that concurrency: the repeat the bench's round followed
+    (crosscheck.interleave with sweep.repeats), else the first repeat."""
     s = steps[(steps.variant == variant) & (steps.concurrency.astype(float) == concurrency)]
     if s.empty:
         return None
-    return s.sort_values(["repeat", "step"], kind="stable").iloc[0]
+    same = s[s.repeat.fillna(0).astype(int) == round_]
+    return (same if not same.empty else s).sort_values(["repeat", "step"], kind="stable").iloc[0]
+
+
+def _round_of(level: dict) -> int:
+    r = _num(level.get("repeat"))
+    return int(r) if math.isfinite(r) and r >= 0 else 0
 
 
 def _levels(entry: Any) -> list[dict]:
@@ -84,14 +91,15 @@ def _levels(entry: Any) -> list[dict]:
 def _row(root: Path, steps: pd.DataFrame, variant: str, level: dict, warnings: list[str]) -> dict[str, Any]:
     conc = _num(level.get("concurrency"))
     row: dict[str, Any] = {c: np.nan for c in COLUMNS}
-    row.update(variant=variant, concurrency=conc, num_prompts=_num(level.get("num_prompts")), note="",
-               file=level.get("file") if isinstance(level.get("file"), str) else None, step=None, repeat=None)
+    row.update(variant=variant, concurrency=conc, round=_round_of(level), num_prompts=_num(level.get("num_prompts")),
+               note="", file=level.get("file") if isinstance(level.get("file"), str) else None, step=None,
+               repeat=None)
     for key, *_ in PAIRS:
         row[f"{key}_flagged"] = False
     row["bench_prefix_cache_hit_rate"] = hit_rate(level.get("prefix_cache_queries"), level.get("prefix_cache_hits"))
     row["prefix_cache_flagged"] = leaked(row["bench_prefix_cache_hit_rate"])
     notes = []
-    r = _ridgeline_step(steps, variant, conc) if math.isfinite(conc) else None
+    r = _ridgeline_step(steps, variant, conc, row["round"]) if math.isfinite(conc) else None
     if r is not None:
         row.update(step=int(r["step"]), repeat=int(r["repeat"] or 0))
         row["ridgeline_prefix_cache_hit_rate"] = _num(r.get("prefix_cache_hit_rate"))
@@ -137,7 +145,7 @@ def _row(root: Path, steps: pd.DataFrame, variant: str, level: dict, warnings: l
 
 
 def crosscheck_table(root: Path, manifest: dict[str, Any], steps: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """One row per (variant, concurrency) the manifest's crosscheck lists (COLUMNS), and warnings."""
+    """One row per (variant, concurrency, round) the manifest's crosscheck lists (COLUMNS), and warnings."""
     spec = manifest.get("crosscheck")
     warnings: list[str] = []
     if not spec:

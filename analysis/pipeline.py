@@ -26,6 +26,7 @@ from analysis import server_metrics as sm
 from analysis.agreement import agreement_columns
 from analysis.block_bootstrap import rate_draws
 from analysis.crosscheck import crosscheck_table
+from analysis.crosscheck_rounds import rounds_table
 from analysis.data import AnalysisError, RunInfo, load_run
 from analysis.prefix_cache import leak_warnings
 from analysis.quality.rows import quality_files
@@ -66,6 +67,7 @@ class Analysis:
     errors: pd.DataFrame  # variant, step, error_kind, count, example
     energy: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=en.COLUMNS))  # empty: no telemetry
     crosscheck: pd.DataFrame = field(default_factory=pd.DataFrame)  # vllm bench serve beside ridgeline's steps
+    crosscheck_levels: pd.DataFrame = field(default_factory=pd.DataFrame)  # the same over rounds, one row a level
     requests: dict[tuple[str, int], StepRequests] = field(default_factory=dict)
     draws: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     level_draws: dict[tuple[str, float], np.ndarray] = field(default_factory=dict)
@@ -243,8 +245,8 @@ def _compute(info: RunInfo) -> Analysis:
         energy = pd.DataFrame(columns=en.COLUMNS)
     cc, cc_warnings = crosscheck_table(info.path, info.manifest, steps)
     analysis = Analysis(info=info, steps=steps, levels=levels, speedups=speedups, crossings=cross, capacity=caps,
-                        roofline=roof, series=ser, errors=errs, energy=energy, crosscheck=cc, requests=requests,
-                        draws=draws, level_draws=level_draws)
+                        roofline=roof, series=ser, errors=errs, energy=energy, crosscheck=cc,
+                        crosscheck_levels=rounds_table(cc), requests=requests, draws=draws, level_draws=level_draws)
     analysis.quality, q_warnings = _quality(info)
     leaks = leak_warnings(steps, cc, info.plan, lambda x: f"{info.level_name()} {fmt.level(x, info.mode)}")
     analysis.warnings = list(dict.fromkeys(_warnings(analysis) + step_warnings + cc_warnings + q_warnings + leaks))

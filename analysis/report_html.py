@@ -21,6 +21,7 @@ from analysis import fmt
 from analysis import report_tables as rt
 from analysis.agreement import AGREEMENT_PCT
 from analysis.crosscheck import commands as crosscheck_commands
+from analysis.crosscheck_rounds import has_rounds
 from analysis.energy import MIN_COVERAGE
 from analysis.pipeline import Analysis
 from analysis.quality.table import absent_sentence, quality_note, quality_table
@@ -148,6 +149,8 @@ comparison.</p>
 {% if crosscheck_table %}<section id="crosscheck"><h2>ridgeline vs vllm bench serve</h2>
 <p class="muted">{{ crosscheck_note }}</p>
 {{ table(crosscheck_table) }}
+{% if crosscheck_levels_table %}<p class="muted">{{ crosscheck_levels_note }}</p>
+{{ table(crosscheck_levels_table) }}{% endif %}
 {% for c in crosscheck_commands %}<p><b>{{ c.variant }}</b></p><pre>{{ c.command }}</pre>{% endfor %}
 </section>{% endif %}
 
@@ -319,6 +322,8 @@ def context(a: Analysis, charts: dict[str, Path], energy: Optional[dict] = None)
         "min_coverage": f"{MIN_COVERAGE:.0%}", "roofline_peaks": _peaks(a),
         "crosscheck_table": rt.crosscheck_table(a) if m.get("crosscheck") else None,
         "crosscheck_note": rt.crosscheck_note(),
+        "crosscheck_levels_table": rt.crosscheck_levels_table(a) if has_rounds(a.crosscheck_levels) else None,
+        "crosscheck_levels_note": rt.crosscheck_levels_note(),
         "roofline_gap_table": rt.roofline_gap_table(a), "roofline_gap_note": rt.roofline_gap_note(),
         **_quality_context(a),
         "crosscheck_commands": [{"variant": v, "command": _command(argv, {})} for v, argv in crosscheck_commands(m)],

@@ -16,6 +16,7 @@ import numpy as np
 from analysis import fmt
 from analysis import report_tables as rt
 from analysis.crosscheck import commands as crosscheck_commands
+from analysis.crosscheck_rounds import has_rounds
 from analysis.energy_text import energy_sentences
 from analysis.pipeline import Analysis
 from analysis.quality.table import absent_sentence, quality_note, quality_table
@@ -116,6 +117,8 @@ def render_md(a: Analysis, charts: dict[str, Path], run_dir: Path, verdict: Opti
     if info.manifest.get("crosscheck"):
         lines += ["## ridgeline vs vllm bench serve", "", md(rt.crosscheck_note()), ""]
         lines += _shared_table(rt.crosscheck_table(a)) + [""]
+        if has_rounds(a.crosscheck_levels):
+            lines += [md(rt.crosscheck_levels_note()), ""] + _shared_table(rt.crosscheck_levels_table(a)) + [""]
         for v, argv in crosscheck_commands(info.manifest):
             lines += [f"- {md(v)}: {md(shlex.join(argv))}"]
         lines.append("")

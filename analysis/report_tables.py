@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from analysis import fmt
 from analysis.crosscheck import CROSSCHECK_PCT, verdict_word
+from analysis.crosscheck_rounds import has_rounds
 from analysis.pipeline import Analysis
 from analysis.prefix_cache import LEAK_PCT, expects_hits, leaked
 from analysis.repeat_draws import FROM_REPEATS, MIN_REPEATS, source
@@ -120,29 +121,61 @@ def _watts(x: Any) -> str:
 
 
 def crosscheck_table(a: Analysis) -> Table:
-    """ridgeline's step against vllm bench serve at the same concurrency, differences in percent."""
-    headers = ["variant", "concurrency", "prompts", "verdict", "ridgeline out tok/s", "bench out tok/s", "diff",
-               "ridgeline TTFT p50", "bench TTFT p50", "diff", "ridgeline ITL p50", "bench ITL p50", "diff",
-               "ridgeline prefix hit", "bench prefix hit", "note"]
+    """ridgeline's step against vllm bench serve at the same concurrency, differences in percent; a row per
+    round when a level was read in several (crosscheck_levels_table then gives each level's mean)."""
+    rounds = has_rounds(a.crosscheck_levels)
+    headers = ["variant", "concurrency", *(["round"] if rounds else []), "prompts", "verdict", "ridgeline out tok/s",
+               "bench out tok/s", "diff", "ridgeline TTFT p50", "bench TTFT p50", "diff", "ridgeline ITL p50",
+               "bench ITL p50", "diff", "ridgeline prefix hit", "bench prefix hit", "note"]
+    at = 1 if rounds else 0  # columns after "concurrency" move by one with the round column
     rows = []
     for r in a.crosscheck.itertuples(index=False):
-        cells = [r.variant, fmt.level(r.concurrency), fmt.num(r.num_prompts), verdict_word(r),
+        cells = [r.variant, fmt.level(r.concurrency), *([fmt.num(r.round)] if rounds else []), fmt.num(r.num_prompts),
+                 verdict_word(r),
                  fmt.num(r.ridgeline_output_tokens_per_s), fmt.num(r.bench_output_tokens_per_s),
                  fmt.signed_pct(r.output_tokens_diff_pct),
                  fmt.seconds(r.ridgeline_ttft_p50_s), fmt.seconds(r.bench_ttft_p50_s), fmt.signed_pct(r.ttft_diff_pct),
                  fmt.seconds(r.ridgeline_itl_p50_s), fmt.seconds(r.bench_itl_p50_s), fmt.signed_pct(r.itl_diff_pct),
                  fmt.pct(r.ridgeline_prefix_cache_hit_rate, 1), fmt.pct(r.bench_prefix_cache_hit_rate, 1),
                  r.note or ""]
-        flagged = {i for i, key in ((6, "output_tokens"), (9, "ttft"), (12, "itl")) if getattr(r, f"{key}_flagged")}
-        flagged |= {14} if r.prefix_cache_flagged else set()
-        flagged |= {13} if leaked(r.ridgeline_prefix_cache_hit_rate) and not expects_hits(a.info.plan) else set()
+        flagged = {i + at for i, key in ((6, "output_tokens"), (9, "ttft"), (12, "itl"))
+                   if getattr(r, f"{key}_flagged")}
+        flagged |= {14 + at} if r.prefix_cache_flagged else set()
+        flagged |= {13 + at} if leaked(r.ridgeline_prefix_cache_hit_rate) and not expects_hits(a.info.plan) else set()
         rows.append(Row(cells, flagged, bad=r.status != "ok"))
-    return Table(headers, rows, text={0, 3, 15})
+    return Table(headers, rows, text={0, 3 + at, 15 + at})
+
+
+def crosscheck_levels_table(a: Analysis) -> Table:
+    """Each level over its rounds: the means, the geometric mean of the paired differences and its interval."""
+    headers = ["variant", "concurrency", "rounds", "verdict", "ridgeline out tok/s", "bench out tok/s", "diff",
+               "diff 95% interval", "TTFT p50 diff", "ITL p50 diff", "note"]
+    rows = []
+    for r in a.crosscheck_levels.itertuples(index=False):
+        span = (f"{fmt.signed_pct(r.output_tokens_diff_lo_pct)} to {fmt.signed_pct(r.output_tokens_diff_hi_pct)}"
+                if fmt.is_num(r.output_tokens_diff_lo_pct) else "–")
+        cells = [r.variant, fmt.level(r.concurrency), fmt.num(r.rounds), verdict_word(r),
+                 fmt.num(r.ridgeline_output_tokens_per_s), fmt.num(r.bench_output_tokens_per_s),
+                 fmt.signed_pct(r.output_tokens_diff_pct), span, fmt.signed_pct(r.ttft_diff_pct),
+                 fmt.signed_pct(r.itl_diff_pct), r.note or ""]
+        flagged = {i for i, key in ((6, "output_tokens"), (8, "ttft"), (9, "itl")) if getattr(r, f"{key}_flagged")}
+        rows.append(Row(cells, flagged, bad=r.status != "ok"))
+    return Table(headers, rows, text={0, 3, 7, 10})
+
+
+def crosscheck_levels_note() -> str:
+    return (f"Each level over its rounds (crosscheck.interleave with sweep.repeats): every repeat's step was "
+            f"followed seconds later by a bench round of its own, so each round is a pair read under the same "
+            f"conditions. diff: the geometric mean of the rounds' ratios ridgeline / bench, flagged beyond "
+            f"{CROSSCHECK_PCT:g}%; its 95% interval is Student t on their logarithms. The tok/s columns are "
+            f"the rounds' plain means.")
 
 
 def crosscheck_note() -> str:
     return (f"The same server, right after ridgeline's sweep of the variant, measured by vllm bench serve at each "
-            f"concurrency; compared with ridgeline's step at that concurrency (first repeat). Differences are "
+            f"concurrency (with crosscheck.interleave right after ridgeline's step there, a round per repeat); "
+            f"compared with ridgeline's step at that concurrency (the repeat it followed, else the first). "
+            f"Differences are "
             f"ridgeline against the bench, flagged beyond {CROSSCHECK_PCT:g}%. The bench counts its whole run "
             f"(ramp and tail included) and ridgeline its measured window, so short bench runs read lower. "
             f"Prefix hit: the share of prompt tokens the server's prefix cache served (ridgeline's window; the "

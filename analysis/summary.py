@@ -333,6 +333,7 @@ def build_summary(a: Analysis) -> dict[str, Any]:
         "roofline_context_tokens": finite(a.roofline.context_tokens),
         "energy": _energy_entry(a),
         "crosscheck": crosscheck_rows(a),
+        "crosscheck_levels": crosscheck_level_rows(a),
         "quality": _quality_entry(a),
         "warnings": a.warnings,
         "failed_starts": failed_starts(info.manifest),
@@ -358,11 +359,23 @@ def _energy_entry(a: Analysis) -> Optional[dict[str, Any]]:
 
 
 def crosscheck_rows(a: Analysis) -> list[dict[str, Any]]:
-    """The vllm bench serve comparison, one entry per (variant, concurrency), with its verdict."""
+    """The vllm bench serve comparison, one entry per (variant, concurrency, round), with its verdict."""
     out = []
     for r in a.crosscheck.itertuples(index=False):
         d = {k: _clean(v) for k, v in r._asdict().items()}
-        for k in ("concurrency", "num_prompts", "step", "repeat", "bench_completed", "bench_failed"):
+        for k in ("concurrency", "round", "num_prompts", "step", "repeat", "bench_completed", "bench_failed"):
+            d[k] = int(d[k]) if finite(d.get(k)) is not None else None
+        d["verdict"] = verdict_word(r)
+        out.append(d)
+    return out
+
+
+def crosscheck_level_rows(a: Analysis) -> list[dict[str, Any]]:
+    """The comparison over rounds, one entry per (variant, concurrency), with its verdict."""
+    out = []
+    for r in a.crosscheck_levels.itertuples(index=False):
+        d = {k: _clean(v) for k, v in r._asdict().items()}
+        for k in ("concurrency", "rounds"):
             d[k] = int(d[k]) if finite(d.get(k)) is not None else None
         d["verdict"] = verdict_word(r)
         out.append(d)

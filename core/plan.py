@@ -393,6 +393,9 @@ class CrossCheckSpec(_Strict):
     interleave: bool = Field(default=False, description="run each level right after ridgeline's step at that "
                                                         "concurrency (the two read the server seconds apart, "
                                                         "not minutes: a host whose speed drifts still compares)")
+    retries: int = Field(default=1, ge=0, le=10, description="new bench processes for levels whose process died "
+                                                             "before reporting them (e.g. a failed import)")
+    retry_pause_s: float = Field(default=30.0, ge=0, description="wait before each such retry")
 
     @field_validator("concurrency")
     @classmethod

@@ -113,15 +113,21 @@ def interpreter(plan: Plan) -> str:
     return "python3"
 
 
-def level_seed(plan: Plan, salt: str, concurrency: int) -> int:
-    """The bench's dataset seed at one level: new prompts at every level, variant and run (a repeated
-    seed resends the earlier levels' prompts, which the server then answers from its prefix cache)."""
-    return derived_seed("crosscheck", plan.scenario.seed, salt, concurrency) % (2 ** 31)
+def level_seed(plan: Plan, salt: str, concurrency: int, repeat: int = 0) -> int:
+    """The bench's dataset seed at one level and round: new prompts at every level, round, variant and run
+    (a repeated seed resends earlier prompts, which the server then answers from its prefix cache)."""
+    parts: tuple[object, ...] = (concurrency,) if repeat == 0 else (concurrency, "round", repeat)
+    return derived_seed("crosscheck", plan.scenario.seed, salt, *parts) % (2 ** 31)
 
 
-def bench_args(plan: Plan, url: str, model: str, out_dir: Path, salt: str = "") -> dict[str, Any]:
-    """Arguments of every level: the same lengths, API and sampling as the sweep's scenario (whose fixed
-    lengths and tokenizer the plan's validation makes sure of), each level with a seed of its own."""
+def result_name(concurrency: int, repeat: int = 0) -> str:
+    """The bench's result file of one level and round: c<C>.json for the first, c<C>-r<R>.json after."""
+    return f"c{concurrency}.json" if repeat == 0 else f"c{concurrency}-r{repeat}.json"
+
+
+def bench_args(plan: Plan, url: str, model: str, out_dir: Path, salt: str = "", repeat: int = 0) -> dict[str, Any]:
+    """Arguments of every level in one round: the same lengths, API and sampling as the sweep's scenario
+    (whose fixed lengths and tokenizer the plan's validation makes sure of), each level with a seed of its own."""
     cc: CrossCheckSpec = plan.crosscheck  # type: ignore[assignment]
     sc = plan.scenario
     backend = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions"] if sc.api == "chat" else \
@@ -140,24 +146,26 @@ def bench_args(plan: Plan, url: str, model: str, out_dir: Path, salt: str = "") 
         extra["min_tokens"] = sc.output_tokens.value
     if extra:
         common += ["--extra-body", json.dumps(extra)]
-    levels = [{"concurrency": c, "num_prompts": cc.prompts_at(i),
-               "seed": level_seed(plan, salt, c),
+    levels = [{"concurrency": c, "num_prompts": cc.prompts_at(i), "repeat": repeat,
+               "seed": level_seed(plan, salt, c, repeat),
                "args": ["--max-concurrency", str(c), "--num-prompts", str(cc.prompts_at(i)),
-                        "--seed", str(level_seed(plan, salt, c)), "--result-filename", f"c{c}.json"]}
+                        "--seed", str(level_seed(plan, salt, c, repeat)),
+                        "--result-filename", result_name(c, repeat)]}
               for i, c in enumerate(cc.concurrency)]
     return {"common": common, "levels": levels, "metrics_url": url.rstrip("/") + "/metrics",
             "reset_url": url.rstrip("/") + RESET_PATH if plan.server.prefix_cache == "reset" else None}
 
 
 def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
-                   api_key: Optional[str] = None, only: Optional[set[int]] = None) -> dict[str, Any]:
-    """Every level (or those at the concurrencies in `only`) against the live server; the manifest entry.
-    Never raises for a failed level."""
+                   api_key: Optional[str] = None, only: Optional[set[int]] = None, repeat: int = 0) -> dict[str, Any]:
+    """Every level (or those at the concurrencies in `only`) of one round against the live server; the
+    manifest entry. Round `repeat` follows ridgeline's repeat of that number (crosscheck.interleave with
+    sweep.repeats). Never raises for a failed level."""
     cc: CrossCheckSpec = plan.crosscheck  # type: ignore[assignment]
     out_dir = safe_child(run.path, "crosscheck", variant)
     out_dir.mkdir(parents=True, exist_ok=True)
     entry: dict[str, Any] = {"started": time.time(), "ended": None, "argv": None, "levels": []}
-    spec = bench_args(plan, url, model, out_dir, salt=f"{run.path.name}/{variant}")
+    spec = bench_args(plan, url, model, out_dir, salt=f"{run.path.name}/{variant}", repeat=repeat)
     if only is not None:
         spec["levels"] = [lv for lv in spec["levels"] if lv["concurrency"] in only]
     argv = [interpreter(plan), "-c", SCRIPT, json.dumps(spec)]
@@ -168,16 +176,31 @@ def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
     log_path = safe_child(run.path, "logs", f"crosscheck-{variant}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     statuses, error = _run(argv, env, log_path, cc.timeout_s)
+    retried: list[str] = []
+    for _ in range(cc.retries):
+        # levels the process never reported: it died (the GPU hosts' "oneMKL cannot load" at import) or timed
+        # out; a new process after a pause, the first attempt's output kept in the log
+        unreported = [lv for lv in spec["levels"] if lv["concurrency"] not in statuses]
+        if not error or not unreported or error.startswith("cannot start"):
+            break
+        retried.append(error)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"ridgeline: levels {', '.join(str(lv['concurrency']) for lv in unreported)} not reported "
+                      f"({error.splitlines()[0]}); a new process in {cc.retry_pause_s:g} s\n")
+        time.sleep(cc.retry_pause_s)
+        again = dict(spec, levels=unreported)
+        more, error = _run([argv[0], "-c", SCRIPT, json.dumps(again)], env, log_path, cc.timeout_s)
+        statuses.update(more)
     secrets = [api_key] if api_key else []
     scrub_file(log_path, secrets)
     for lv in spec["levels"]:
         c = lv["concurrency"]
         st = statuses.get(c, {"status": "failed", "error": error or "vllm bench serve did not report this level"})
-        f = out_dir / f"c{c}.json"
+        f = out_dir / result_name(c, repeat)
         ok = st["status"] == "ok" and f.is_file()
         counted = st.get("prefix_cache") if isinstance(st.get("prefix_cache"), dict) else {}
         entry["levels"].append({
-            "concurrency": c, "num_prompts": lv["num_prompts"], "seed": lv["seed"],
+            "concurrency": c, "repeat": repeat, "num_prompts": lv["num_prompts"], "seed": lv["seed"],
             "prefix_cache_queries": counted.get("queries"), "prefix_cache_hits": counted.get("hits"),
             "prefix_cache_reset": st.get("prefix_cache_reset"),
             "file": f.relative_to(run.path).as_posix() if f.is_file() else None,
@@ -186,6 +209,8 @@ def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
         })
     entry["ended"] = time.time()
     entry["log"] = log_path.relative_to(run.path).as_posix()
+    if retried:
+        entry["retried"] = [redact(e, secrets) for e in retried]  # why each earlier attempt ended
     if error:
         entry["error"] = redact(error, secrets)
     return entry
@@ -200,6 +225,8 @@ def merge_entries(old: Optional[dict[str, Any]], new: dict[str, Any]) -> dict[st
     out["ended"] = new["ended"]
     if new.get("error"):
         out["error"] = new["error"]
+    if new.get("retried"):
+        out["retried"] = list(old.get("retried") or []) + list(new["retried"])
     return out
 
 
@@ -209,7 +236,8 @@ def _run(argv: list[str], env: dict[str, str], log_path: Path,
     statuses: dict[int, dict[str, Any]] = {}
     with open(log_path, "ab") as log:
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
+                                    start_new_session=True)
         except OSError as exc:
             return statuses, f"cannot start {argv[0]}: {exc.strerror or exc}"
         error: Optional[str] = None

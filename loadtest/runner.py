@@ -443,8 +443,12 @@ class Sweep:
                 all_ok = self._run_levels(cmd, server, levels)
                 server = self._servers.get(cmd.variant, server)
                 if all_ok and crosscheck.applies(self.plan, cmd.variant) and (server is None or server.alive()):
-                    only = self._crosscheck_pending(cmd.variant) if self.plan.crosscheck.interleave else None
-                    self._crosscheck(cmd, only=only)
+                    if self.plan.crosscheck.interleave:  # rounds a resume or a skipped step left to run
+                        pending = self._crosscheck_pending(cmd.variant)
+                        for rep in sorted({r for _, r in pending}):
+                            self._crosscheck(cmd, only={c for c, r in pending if r == rep}, repeat=rep)
+                    else:
+                        self._crosscheck(cmd)
             if self._wants_quality(cmd.variant):  # while the server is up: never started twice for it
                 server = self._servers.get(cmd.variant)
                 dead = bool(cmd.argv) and (server is None or not server.alive())
@@ -469,7 +473,7 @@ class Sweep:
                 ok = self._run_step(cmd, driver, lv)
                 all_ok = all_ok and ok
                 if ok and self._interleaved_here(cmd.variant, lv):
-                    self._crosscheck(cmd, only={lv.concurrency})
+                    self._crosscheck(cmd, only={lv.concurrency}, repeat=lv.repeat)
                 if not ok:
                     if self.plan.server.on_failure == "restart" and server is not None:
                         driver.close()
@@ -519,18 +523,24 @@ class Sweep:
             raise RunInterrupted(self._interrupted)
 
     def _interleaved_here(self, variant: str, lv: StepLevel) -> bool:
-        """crosscheck.interleave: the bench's level at this step's concurrency runs right after it (once)."""
+        """crosscheck.interleave: the bench's level at this step's concurrency runs right after it, once per
+        repeat (a round of its own: new prompts, its own file), so each repeat pairs with a bench reading
+        taken seconds later."""
         cc = self.plan.crosscheck
         return (cc is not None and cc.interleave and crosscheck.applies(self.plan, variant) and lv.rate is None
-                and lv.concurrency in self._crosscheck_pending(variant))
+                and (lv.concurrency, lv.repeat) in self._crosscheck_pending(variant))
 
-    def _crosscheck_pending(self, variant: str) -> set[int]:
-        """Concurrencies of the cross-check whose level has not run yet for the variant."""
+    def _crosscheck_pending(self, variant: str) -> set[tuple[int, int]]:
+        """(concurrency, round) of the interleaved cross-check not run yet for the variant: a round per repeat
+        at the sweep's own concurrencies, one at any other."""
         done = self.manifest.get("crosscheck", {}).get(variant)
-        ran = {lv["concurrency"] for lv in done["levels"]} if done else set()
-        return set(self.plan.crosscheck.concurrency) - ran  # type: ignore[union-attr]
+        ran = {(lv["concurrency"], int(lv.get("repeat") or 0)) for lv in done["levels"]} if done else set()
+        swept = {lv.concurrency for lv in step_levels(self.plan) if lv.rate is None}
+        rounds = self.plan.sweep.repeats
+        return {(c, r) for c in self.plan.crosscheck.concurrency  # type: ignore[union-attr]
+                for r in range(rounds if c in swept else 1)} - ran
 
-    def _crosscheck(self, cmd: launcher.ServerCommand, only: Optional[set[int]] = None) -> None:
+    def _crosscheck(self, cmd: launcher.ServerCommand, only: Optional[set[int]] = None, repeat: int = 0) -> None:
         """vllm bench serve against the same live server; its failure is recorded, never fatal."""
         if only is not None and not only:
             return
@@ -538,10 +548,15 @@ class Sweep:
         p.phase, p.message = "cross-check", f"vllm bench serve against {cmd.variant}"
         self.on_progress(p)
         entry = crosscheck.run_crosscheck(self.plan, self.run, cmd.variant, cmd.url,
-                                          self.plan.served_model_name or cmd.variant, self.key, only=only)
+                                          self.plan.served_model_name or cmd.variant, self.key, only=only,
+                                          repeat=repeat)
         entries = self.manifest.setdefault("crosscheck", {})
         entries[cmd.variant] = crosscheck.merge_entries(entries.get(cmd.variant) if only is not None else None,
                                                         entry)
+        if entry.get("retried"):
+            self.manifest["warnings"].append(
+                f"{cmd.variant}: vllm bench serve started again after its process ended early: "
+                f"{str(entry['retried'][0]).splitlines()[0]}")
         failed = [lv for lv in entry["levels"] if lv["status"] != "ok"]
         if entry.get("error") or failed:
             why = entry.get("error") or next((lv["error"] for lv in failed if lv.get("error")), None) or "see its log"

@@ -17,7 +17,7 @@ backend: emulator
 variants: [{{name: fp16}}, {{name: awq}}]
 scenario: {{prompt_tokens: 32, output_tokens: 24, tokenizer: "{tok}"}}
 sweep: {{concurrency: [1, 8], warmup_s: 0, duration_s: null, requests: [6, 24], drain_s: 30}}
-crosscheck: {{python: "{python}", variants: [{variants}], concurrency: [1, 8], num_prompts: [6, 24]}}
+crosscheck: {{python: "{python}", variants: [{variants}], concurrency: [1, 8], num_prompts: [6, 24], retry_pause_s: 0}}
 output_dir: "{out}"
 """
 
@@ -117,7 +117,11 @@ def test_interleaved_levels_run_right_after_the_step_at_their_concurrency(tmp_pa
     assert [lv["concurrency"] for lv in entry["levels"]] == [1, 8]
     steps = {s["concurrency"]: s for s in man["steps"] if s["variant"] == "fp16"}
     log = (run.path / entry["log"]).read_text()
-    assert log.count("During handling of the above exception") == 2, log  # started once per level, not for all
+    # started once per level, not for all, and once more for each (the process died before reporting it)
+    assert sum(line.startswith("During handling of the above exception") for line in log.splitlines()) == 4, log
+    assert log.count("not reported (vllm bench serve exited with status 1") == 2, log
+    assert len(entry["retried"]) == 2 and all("exited with status 1" in e for e in entry["retried"])
+    assert sum("started again after its process ended early" in w for w in man["warnings"]) == 2
     # the first level ran between the two steps, the second after the last one
     assert steps[1]["ended"] <= entry["started"] <= steps[8]["started"] <= steps[8]["ended"] <= entry["ended"]
     said = [w for w in man["warnings"] if "cross-check incomplete" in w]

@@ -20,8 +20,10 @@ What it took to agree (each measured here, on a 2-core host):
 - A warm server: every step warms it for 3 s first, as the bench finds it warm after the sweep.
 - Each bench level right after ridgeline's step at that concurrency (crosscheck.interleave): the server's
   speed drifted 10-30% between runs minutes apart, and the two clients read it seconds apart this way.
-  Even so, the same step read back to back by one client moves 3-6% (sd), so two clients' readings
-  differ by more than 5% in a quarter to a half of pairs (docs/analysis.md).
+- Rounds: the same step read back to back by one client moves 3-8% (sd), so one pair of readings
+  differs by more than 5% in a quarter to a half of pairs (docs/analysis.md). With sweep.repeats
+  every repeat is followed by a bench round of its own, and a level is judged on the geometric mean
+  of its ROUNDS paired ratios (analysis/crosscheck_rounds.py).
 The agreement is judged only when other processes took under a quarter of a CPU during the run:
 the two clients measure one after the other, and another job on the host between them moves the
 server's speed by more than the limit.
@@ -42,8 +44,9 @@ from loadtest.runner import Sweep, new_run_dir
 from tests.support.vllm_env import SKIP_REASON, vllm_python
 from tests.support.vllm_plan import tiny_vllm_plan
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 LEVELS = [1, 4, 16]
+ROUNDS = 6  # repeats of each step, each followed by a bench round: a pair's 5-8% noise shrinks by sqrt(ROUNDS)
 PROMPTS = [64, 192, 768]  # the bench counts its ramp and tail: enough prompts that they weigh under 2%
 OTHERS_LIMIT = 0.25  # CPUs' worth of time other processes may take during the run for the agreement to be judged
 
@@ -99,7 +102,8 @@ def test_crosscheck_against_the_cpu_engine_is_clean_and_agrees(tmp_path):
     plan = tiny_vllm_plan(
         tmp_path, ["bf16"], python=python, served_model_name="tiny",
         scenario={"prompt_tokens": 64, "output_tokens": 64, "tokenizer": str(tmp_path / "models" / "plain")},
-        sweep={"concurrency": LEVELS, "warmup_s": 3, "duration_s": None, "requests": PROMPTS, "drain_s": 120},
+        sweep={"concurrency": LEVELS, "warmup_s": 3, "duration_s": None, "requests": PROMPTS, "drain_s": 120,
+               "repeats": ROUNDS},
         crosscheck={"concurrency": LEVELS, "num_prompts": PROMPTS, "timeout_s": 900, "interleave": True},
         scrape={"interval_s": 10})
     run = new_run_dir(plan)
@@ -116,33 +120,43 @@ def test_crosscheck_against_the_cpu_engine_is_clean_and_agrees(tmp_path):
     s = analyze(run.path)
     render_reports(run.path)
     steps = s.data["variants"]["bf16"]["steps"]
-    assert [e["status"] for e in steps] == ["complete"] * len(LEVELS)
+    assert [e["status"] for e in steps] == ["complete"] * len(LEVELS) * ROUNDS
     for e in steps:
         assert e["prefix_cache_hit_rate"] is not None and e["prefix_cache_hit_rate"] <= 0.01, e
         assert e["achieved_flops_per_s"] and e["achieved_flops_per_s"] > 0
         assert e["achieved_read_bytes_per_s"] and e["achieved_read_bytes_per_s"] > 0
     rows = s.data["crosscheck"]
-    assert [r["concurrency"] for r in rows] == LEVELS
+    assert [(r["concurrency"], r["round"]) for r in rows] == [(c, k) for k in range(ROUNDS) for c in LEVELS]
     for r in rows:
         assert r["status"] == "ok", r
         assert r["bench_prefix_cache_hit_rate"] is not None and r["bench_prefix_cache_hit_rate"] <= 0.01, r
     gaps = s.data["roofline_gaps"]
-    assert len(gaps) == len(LEVELS) and not any(g["explanation"].endswith(MISSING) for g in gaps)
+    assert len(gaps) == len(LEVELS) * ROUNDS and not any(g["explanation"].endswith(MISSING) for g in gaps)
     assert not any("prefix-cache" in w or "prefix cache" in w for w in s.data["warnings"])
     md = (run.path / "report.md").read_text()
-    assert "bench prefix hit" in md and "each step's gap to its bound" in md
-    diffs = {r["concurrency"]: round(r["output_tokens_diff_pct"], 1) for r in rows}
-    print("ridgeline against the bench, % by concurrency:", diffs, f"other processes {others:.2f} CPUs", run.path)
+    assert "bench prefix hit" in md and "each step's gap to its bound" in md and "diff 95% interval" in md
+    levels = s.data["crosscheck_levels"]
+    assert [(r["concurrency"], r["rounds"]) for r in levels] == [(c, ROUNDS) for c in LEVELS]
+    diffs = {r["concurrency"]: round(r["output_tokens_diff_pct"], 1) for r in levels}
+    spans = {r["concurrency"]: (round(r["output_tokens_diff_lo_pct"], 1), round(r["output_tokens_diff_hi_pct"], 1))
+             for r in levels}
+    each = {c: [round(r["output_tokens_diff_pct"], 1) for r in rows if r["concurrency"] == c] for c in LEVELS}
+    print("ridgeline against the bench over rounds, % by concurrency:", diffs, "95% intervals:", spans,
+          "rounds:", each, f"other processes {others:.2f} CPUs", run.path)
     if others > OTHERS_LIMIT:
         # the two clients measure one after the other; other jobs on the host then change the server's speed
         # between them by more than the limit
         pytest.skip(f"host busy (other processes took {others:.2f} CPUs during the run): the throughput "
                     f"agreement is not judged; differences were {diffs}")
+    said = f"(all levels: {diffs}; 95% intervals {spans}; rounds {each})"
+    # a difference beyond 5% that the rounds resolve (the whole interval outside +-5%) is a failure
+    apart = {c: span for c, span in spans.items() if span[0] > 5.0 or span[1] < -5.0}
+    assert not apart, f"ridgeline and vllm bench serve differ by more than 5% at {apart} {said}"
     off = {c: d for c, d in diffs.items() if abs(d) > 5.0}
     if off:
-        # with the split and the scrapes spaced, eight runs on this 2-core host read from -12% to +22%, once +43%
-        # (one run within 5% at every level: +0.1, -2.1, +3.6): one client reading the same step back to back
-        # moves 3-6% (sd) here, with the CPU's own speed steady, so two readings seconds apart differ by more
-        # than 5% in a quarter to a half of pairs. Reported with the figures as an expected failure rather
-        # than hidden; an engine with a quieter host is what judges the 5%.
-        pytest.xfail(f"ridgeline and vllm bench serve differ by more than 5% at {off} (all levels: {diffs})")
+        # the rounds could not resolve 5%: each pair of readings ~10 s apart moved by 5-40% on this 2-core
+        # host (one client alone reads the same step with an sd of 6-13%, the CPU's own speed 2% second by
+        # second), so six rounds leave intervals of +-10-20%. Reported with the figures as an expected failure
+        # rather than hidden; a quieter host narrows the intervals (on the H100 one round agreed within 1.5%).
+        pytest.xfail(f"ridgeline and vllm bench serve: mean over {ROUNDS} rounds beyond 5% at {off}, "
+                     f"unresolved {said}")
