@@ -12,6 +12,7 @@ the spread between the repeats).
 
     python benchmarks/interval_coverage.py --runs 24                                # the emulator
     python benchmarks/interval_coverage.py --runs 12 --repeats 3                    # every level three times a run
+    python benchmarks/interval_coverage.py --runs 24 --repeats 3 --warmup-s 2       # and each step warmed first
     python benchmarks/interval_coverage.py --backend vllm-cpu --runs 6              # the real CPU engine
     python benchmarks/interval_coverage.py --backend vllm-cpu --runs 6 --repeats 3
 
@@ -41,7 +42,7 @@ LEVELS = {"emulator": [1, 16, 64], "vllm-cpu": [1, 8, 32]}
 REQUESTS = {"emulator": [12, 64, 256], "vllm-cpu": [8, 32, 128]}
 
 
-def emulator_plan(seed: int, out: Path, repeats: int = 1) -> dict:
+def emulator_plan(seed: int, out: Path, repeats: int = 1, warmup_s: float = 0.0) -> dict:
     """fp16 and AWQ of Llama-3-8B on the emulated H100, closed loop, whole waves of requests."""
     return {
         "name": f"coverage-{seed:02d}", "backend": "emulator", "model": "llama-3-8b", "gpu": "h100-sxm",
@@ -49,12 +50,13 @@ def emulator_plan(seed: int, out: Path, repeats: int = 1) -> dict:
         "scenario": {"api": "completions", "prompt_tokens": 512, "output_tokens": 64, "ignore_eos": True,
                      "seed": seed},
         "sweep": {"mode": "concurrency", "concurrency": LEVELS["emulator"], "requests": REQUESTS["emulator"],
-                  "warmup_s": 0, "drain_s": 60, "repeats": repeats},
+                  "warmup_s": warmup_s, "drain_s": 60, "repeats": repeats},
         "emulator": {"seed": seed}, "thresholds": [1.2], "output_dir": str(out),
     }
 
 
-def cpu_plan(seed: int, out: Path, root: Path, urls: dict[str, str], repeats: int = 1) -> dict:
+def cpu_plan(seed: int, out: Path, root: Path, urls: dict[str, str], repeats: int = 1,
+             warmup_s: float = 0.0) -> dict:
     """bf16 and AWQ of the tiny model on vllm-cpu (tests/support), the same closed-loop shape, against
     servers started once for all runs (backend external: the runs differ by prompt seed, not by start)."""
     from tests.support.vllm_plan import tiny_vllm_plan
@@ -63,7 +65,7 @@ def cpu_plan(seed: int, out: Path, root: Path, urls: dict[str, str], repeats: in
                           scenario={"api": "completions", "prompt_tokens": 64, "output_tokens": 32,
                                     "ignore_eos": True, "seed": seed},
                           sweep={"mode": "concurrency", "concurrency": LEVELS["vllm-cpu"],
-                                 "requests": REQUESTS["vllm-cpu"], "warmup_s": 0, "drain_s": 60,
+                                 "requests": REQUESTS["vllm-cpu"], "warmup_s": warmup_s, "drain_s": 60,
                                  "repeats": repeats},
                           thresholds=[1.2], name=f"coverage-{seed:02d}")
     data = json.loads(plan.model_dump_json())
@@ -99,7 +101,7 @@ def sweep_one(plan_file: str) -> None:
     print(run.path)
 
 
-def run_dirs(backend: str, runs: int, out: Path, repeats: int = 1) -> list[Path]:
+def run_dirs(backend: str, runs: int, out: Path, repeats: int = 1, warmup_s: float = 0.0) -> list[Path]:
     """The runs' results directories, sweeping the missing ones."""
     out.mkdir(parents=True, exist_ok=True)
     marks = [out / f"run-{seed:02d}.path" for seed in range(runs)]
@@ -107,8 +109,8 @@ def run_dirs(backend: str, runs: int, out: Path, repeats: int = 1) -> list[Path]
                if not (m.exists() and Path(m.read_text().strip(), "manifest.json").exists())]
     with (cpu_servers(out) if backend == "vllm-cpu" and missing else contextlib.nullcontext({})) as urls:
         for seed in missing:
-            plan = (emulator_plan(seed, out / "results", repeats) if backend == "emulator"
-                    else cpu_plan(seed, out / "results", out, urls, repeats))
+            plan = (emulator_plan(seed, out / "results", repeats, warmup_s) if backend == "emulator"
+                    else cpu_plan(seed, out / "results", out, urls, repeats, warmup_s))
             pf = out / f"plan-{seed:02d}.yaml"
             pf.write_text(yaml.safe_dump(plan, sort_keys=False))
             res = subprocess.run([sys.executable, __file__, "--sweep-one", str(pf)], capture_output=True, text=True,
@@ -194,6 +196,8 @@ def main() -> None:
     ap.add_argument("--backend", choices=["emulator", "vllm-cpu"], default="emulator")
     ap.add_argument("--runs", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=1, help="sweep.repeats of every run (levels interleaved)")
+    ap.add_argument("--warmup-s", type=float, default=0.0,
+                    help="sweep.warmup_s of every step (without it a run's very first step starts cold)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     ap.add_argument("--sweep-one", default=None, help=argparse.SUPPRESS)
@@ -202,7 +206,9 @@ def main() -> None:
         sweep_one(a.sweep_one)
         return
     out = a.out or Path("/tmp/ridgeline-coverage") / (a.backend + (f"-r{a.repeats}" if a.repeats > 1 else ""))
-    dirs = run_dirs(a.backend, a.runs, out, a.repeats)
+    if a.warmup_s:
+        out = out.with_name(out.name + f"-w{a.warmup_s:g}")
+    dirs = run_dirs(a.backend, a.runs, out, a.repeats, a.warmup_s)
     per_run = [measure(d) for d in dirs]
     rows = coverage_table(per_run)
     print(format_table(rows))
