@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.crosscheck import CROSSCHECK_PCT, PAIRS
+from analysis.crosscheck import CROSSCHECK_PCT, LABELS, PAIRS, verdict_word
 
 CONFIDENCE = 0.95
 COLUMNS = (["variant", "concurrency", "rounds", "status", "note"]
@@ -78,3 +78,24 @@ def rounds_table(cc: pd.DataFrame) -> pd.DataFrame:
 def has_rounds(levels: pd.DataFrame) -> bool:
     """Whether any level was read in more than one round (the reports then show the level table too)."""
     return bool((levels.rounds > 1).any()) if not levels.empty else False
+
+
+def unresolved(row: Any, key: str = "output_tokens") -> bool:
+    """Whether a level's difference beyond CROSSCHECK_PCT has an interval that still reaches inside it: the
+    rounds' spread leaves open whether the clients differ by that much."""
+    d, lo, hi = (getattr(row, f"{key}_diff{x}_pct", math.nan) for x in ("", "_lo", "_hi"))
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (d, lo, hi)):
+        return False
+    return abs(d) > CROSSCHECK_PCT and lo <= CROSSCHECK_PCT and hi >= -CROSSCHECK_PCT
+
+
+def level_verdict(row: Any) -> str:
+    """The per-round verdict for a level, except that a difference beyond the limit whose interval reaches
+    back inside it is called unresolved, not a difference."""
+    open_keys = [key for key, *_ in PAIRS if unresolved(row, key)]
+    if not open_keys or row.status != "ok":
+        return verdict_word(row)
+    resolved = [LABELS[key] for key, *_ in PAIRS if getattr(row, f"{key}_flagged") and key not in open_keys]
+    word = f"differs beyond {CROSSCHECK_PCT:g}%: " + ", ".join(resolved) + "; " if resolved else ""
+    return word + f"not resolved within {CROSSCHECK_PCT:g}% by {row.rounds} rounds: " + \
+        ", ".join(LABELS[k] for k in open_keys)

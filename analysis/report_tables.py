@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from analysis import fmt
 from analysis.crosscheck import CROSSCHECK_PCT, verdict_word
-from analysis.crosscheck_rounds import has_rounds
+from analysis.crosscheck_rounds import has_rounds, level_verdict
 from analysis.pipeline import Analysis
 from analysis.prefix_cache import LEAK_PCT, expects_hits, leaked
 from analysis.repeat_draws import FROM_REPEATS, MIN_REPEATS, source
@@ -154,7 +154,7 @@ def crosscheck_levels_table(a: Analysis) -> Table:
     for r in a.crosscheck_levels.itertuples(index=False):
         span = (f"{fmt.signed_pct(r.output_tokens_diff_lo_pct)} to {fmt.signed_pct(r.output_tokens_diff_hi_pct)}"
                 if fmt.is_num(r.output_tokens_diff_lo_pct) else "–")
-        cells = [r.variant, fmt.level(r.concurrency), fmt.num(r.rounds), verdict_word(r),
+        cells = [r.variant, fmt.level(r.concurrency), fmt.num(r.rounds), level_verdict(r),
                  fmt.num(r.ridgeline_output_tokens_per_s), fmt.num(r.bench_output_tokens_per_s),
                  fmt.signed_pct(r.output_tokens_diff_pct), span, fmt.signed_pct(r.ttft_diff_pct),
                  fmt.signed_pct(r.itl_diff_pct), r.note or ""]

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from analysis.crosscheck import verdict_word
+from analysis.crosscheck_rounds import level_verdict
 from analysis.energy import STEP_COLUMNS, energy_label, sources_of
 from analysis.energy_text import energy_sentences
 from analysis.pipeline import Analysis, compute, finite
@@ -377,7 +378,7 @@ def crosscheck_level_rows(a: Analysis) -> list[dict[str, Any]]:
         d = {k: _clean(v) for k, v in r._asdict().items()}
         for k in ("concurrency", "rounds"):
             d[k] = int(d[k]) if finite(d.get(k)) is not None else None
-        d["verdict"] = verdict_word(r)
+        d["verdict"] = level_verdict(r)
         out.append(d)
     return out
 

@@ -133,3 +133,19 @@ def test_interleaved_rounds_follow_every_repeat(tmp_path):
         [(1, 0, 0, "failed"), (8, 0, 0, "failed"), (1, 1, 1, "failed"), (8, 1, 1, "failed")]
     assert [(r["concurrency"], r["rounds"], r["status"]) for r in s.data["crosscheck_levels"]] == \
         [(1, 0, "failed"), (8, 0, "failed")]
+
+
+def test_a_difference_the_rounds_cannot_resolve_is_called_so(tmp_path):
+    run, st = _run_with_repeats(tmp_path, 4)
+    ratios = [1.30, 0.95, 1.10, 0.98]  # a geometric mean of +7.4%, rounds spread over 35 points
+    levels, files = [], {}
+    for r, ratio in enumerate(ratios):
+        name = f"crosscheck/fp16/c1{'' if r == 0 else f'-r{r}'}.json"
+        e = st[(1, r)]
+        files[name] = _bench(e["output_tokens_per_s"] / ratio, e["ttft_p50_s"], e["itl_p50_s"], 1)
+        levels.append({"concurrency": 1, "repeat": r, "num_prompts": 4, "status": "ok", "file": name})
+    _with_crosscheck(run, {"fp16": levels}, files)
+    (lv,) = analyze(run.path).data["crosscheck_levels"]
+    assert lv["output_tokens_diff_pct"] == pytest.approx(((1.30 * 0.95 * 1.10 * 0.98) ** 0.25 - 1) * 100)
+    assert lv["output_tokens_flagged"] and lv["output_tokens_diff_lo_pct"] < 5.0
+    assert lv["verdict"] == "not resolved within 5% by 4 rounds: output tokens/s"
