@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -361,24 +361,24 @@ def _energy_entry(a: Analysis) -> Optional[dict[str, Any]]:
 
 def crosscheck_rows(a: Analysis) -> list[dict[str, Any]]:
     """The vllm bench serve comparison, one entry per (variant, concurrency, round), with its verdict."""
-    out = []
-    for r in a.crosscheck.itertuples(index=False):
-        d = {k: _clean(v) for k, v in r._asdict().items()}
-        for k in ("concurrency", "round", "num_prompts", "step", "repeat", "bench_completed", "bench_failed"):
-            d[k] = int(d[k]) if finite(d.get(k)) is not None else None
-        d["verdict"] = verdict_word(r)
-        out.append(d)
-    return out
+    return _verdict_rows(a.crosscheck, verdict_word,
+                         ("concurrency", "round", "num_prompts", "step", "repeat", "bench_completed", "bench_failed"))
 
 
 def crosscheck_level_rows(a: Analysis) -> list[dict[str, Any]]:
     """The comparison over rounds, one entry per (variant, concurrency), with its verdict."""
+    return _verdict_rows(a.crosscheck_levels, level_verdict, ("concurrency", "rounds"))
+
+
+def _verdict_rows(table: pd.DataFrame, verdict_of: Callable[[Any], str],
+                  counts: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A table's rows as JSON-ready dicts: NaN as null, the `counts` columns as integers, and a verdict."""
     out = []
-    for r in a.crosscheck_levels.itertuples(index=False):
+    for r in table.itertuples(index=False):
         d = {k: _clean(v) for k, v in r._asdict().items()}
-        for k in ("concurrency", "rounds"):
+        for k in counts:
             d[k] = int(d[k]) if finite(d.get(k)) is not None else None
-        d["verdict"] = level_verdict(r)
+        d["verdict"] = verdict_of(r)
         out.append(d)
     return out
 

@@ -189,7 +189,7 @@ def run_crosscheck(plan: Plan, run: RunDir, variant: str, url: str, model: str,
                       f"({error.splitlines()[0]}); a new process in {cc.retry_pause_s:g} s\n")
         time.sleep(cc.retry_pause_s)
         again = dict(spec, levels=unreported)
-        more, error = _run([argv[0], "-c", SCRIPT, json.dumps(again)], env, log_path, cc.timeout_s)
+        more, error = _run(argv[:-1] + [json.dumps(again)], env, log_path, cc.timeout_s)
         statuses.update(more)
     secrets = [api_key] if api_key else []
     scrub_file(log_path, secrets)
